@@ -1,0 +1,28 @@
+"""ImageNet-style encoder backbones with torchvision's parameter names.
+
+Each backbone's ``execute(x)`` returns a list of feature maps, shallow first, and exposes their
+widths as ``channels`` and their strides as ``strides``:
+
+* ResNets: the stem (stride 2) and ``layer1``..``layer4`` (strides 4..32, or less with
+  ``output_stride`` 16/8, see ``resnet.ResNet``);
+* VGGs: every stage before its max-pool (strides 1..16, see ``vgg.VGG``).
+
+>>> encoder = create_backbone("resnet34", in_channels=1)
+>>> encoder.channels, encoder.strides
+([64, 64, 128, 256, 512], [2, 4, 8, 16, 32])
+"""
+from ..registry import ModelZooError
+from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101
+from .vgg import VGG, vgg11, vgg11_bn, vgg16, vgg16_bn
+
+__all__ = ["BACKBONES", "create_backbone", "ResNet", "BasicBlock", "Bottleneck", "VGG", "resnet18", "resnet34",
+           "resnet50", "resnet101", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]
+
+BACKBONES = {fn.__name__: fn for fn in (resnet18, resnet34, resnet50, resnet101, vgg11, vgg11_bn, vgg16, vgg16_bn)}
+
+
+def create_backbone(name, in_channels=3, **kwargs):
+    """Build the backbone ``name`` (a key of ``BACKBONES``); ``kwargs`` go to its builder."""
+    if name not in BACKBONES:
+        raise ModelZooError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    return BACKBONES[name](in_channels=in_channels, **kwargs)

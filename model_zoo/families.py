@@ -1,0 +1,6 @@
+"""Imports every model family so each registers its builders. Add new family modules here."""
+from . import unet  # noqa: F401
+from . import unetpp, unet3p, multiresunet  # noqa: F401
+from . import attention_unet, r2unet, dense_unet  # noqa: F401
+from . import u2net, csnet, scse_unet  # noqa: F401
+from . import ternausnet, resunet, cenet  # noqa: F401

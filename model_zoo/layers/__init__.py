@@ -1,0 +1,15 @@
+"""Building blocks shared by the model families (one module per kind of block).
+
+A block used by more than one model file lives here; blocks specific to one network stay in that
+network's file.
+"""
+from .conv import ConvBNReLU, DoubleConv, UNetEncoder, UpConcat
+from .attention_gate import AttentionGate
+from .dense import DenseBlock, DenseLayer, Transition
+from .recurrent import RecurrentConv, RecurrentResidualBlock
+from .squeeze_excite import ChannelSE, SpatialChannelSE, SpatialSE, SqueezeExcite
+from .linknet import LinkNetDecoder, LinkNetDecoderBlock, LinkNetHead
+
+__all__ = ["ConvBNReLU", "DoubleConv", "UNetEncoder", "UpConcat", "SqueezeExcite", "ChannelSE", "SpatialSE", "SpatialChannelSE",
+           "AttentionGate", "DenseLayer", "DenseBlock", "Transition", "RecurrentConv", "RecurrentResidualBlock",
+           "LinkNetDecoderBlock", "LinkNetDecoder", "LinkNetHead"]

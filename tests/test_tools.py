@@ -1,0 +1,120 @@
+"""End to end through the command-line tools: train on the synthetic data, test, predict, errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def run(tool, *args, check=True):
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / tool), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=dict(os.environ))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """UNet (base 8) trained for 300 steps on the embedded synthetic dataset."""
+    work = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["JMEDSEG_CACHE"] = str(cache)
+    proc = run("train.py", "--model", "unet", "--work-dir", work, "--overwrite", "--no-progress",
+               "--set", "model.args.base_channels=8", "train.iterations=300", "train.val_interval=100",
+               "data.patch_size=64", "train.batch_size=8")
+    return work, proc, cache
+
+
+def test_training_beats_trivial_predictors(trained_run):
+    from jmedseg.data import build_datasets
+    from jmedseg.metrics import dice
+
+    work, proc, cache = trained_run
+    os.environ["JMEDSEG_CACHE"] = str(cache)
+    for name in ("config.yaml", "log.csv", "val.csv", "history.json", "best.npz", "last.npz", "test_report.json"):
+        assert (work / name).exists(), name
+    report = json.loads((work / "test_report.json").read_text())
+    test = build_datasets(None)["test"]
+    gt = np.concatenate([s.mask[s.fov].ravel() for s in test])
+    all_foreground = dice(np.ones_like(gt), gt)
+    assert dice(np.zeros_like(gt), gt) == 0.0
+    assert report["num_images"] == len(test) == 8
+    assert report["pooled"]["dice"] > 0.7, report["pooled"]
+    assert report["pooled"]["dice"] > all_foreground + 0.4
+    assert report["pooled"]["auc"] > 0.95
+    assert "pooled" in proc.stdout and "dice" in proc.stdout
+    losses = [float(line.split(",")[2]) for line in (work / "log.csv").read_text().splitlines()[1:]]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), "training loss did not fall"
+
+
+def test_test_tool_reproduces_the_training_report(trained_run, tmp_path):
+    work, _, cache = trained_run
+    os.environ["JMEDSEG_CACHE"] = str(cache)
+    out = tmp_path / "report.json"
+    proc = run("test.py", work / "best.npz", "--out", out)
+    report, train_report = json.loads(out.read_text()), json.loads((work / "test_report.json").read_text())
+    assert report["pooled"]["dice"] == pytest.approx(train_report["pooled"]["dice"], abs=1e-9)
+    assert "hd95" in proc.stdout
+
+
+def test_predict_writes_masks_equal_to_reloaded_model(trained_run, tmp_path):
+    from jmedseg.checkpoint import load_checkpoint
+    from jmedseg.data import load_image, synthetic_root
+    from jmedseg.engine import labels_from_probs, predict_probs
+    from jmedseg.data import read_image_file
+
+    work, _, cache = trained_run
+    os.environ["JMEDSEG_CACHE"] = str(cache)
+    images = synthetic_root() / "test" / "images"
+    out = tmp_path / "pred"
+    run("predict.py", work / "best.npz", "-i", images, "-o", out, "--probs")
+    files = sorted(images.iterdir())
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{f.stem}_{kind}.png" for f in files for kind in ("mask", "overlay", "prob"))
+    model, _ = load_checkpoint(work / "best.npz")
+    image = load_image(files[0], in_channels=3)
+    expected = labels_from_probs(predict_probs(model, image), 0.5) * 255
+    np.testing.assert_array_equal(read_image_file(out / f"{files[0].stem}_mask.png"), expected)
+    assert read_image_file(out / f"{files[0].stem}_overlay.png").shape == image.shape[:2] + (3,)
+
+    tiled = tmp_path / "tiled"
+    run("predict.py", work / "best.npz", "-i", files[0], "-o", tiled, "--tile-size", "64", "--tta")
+    agreement = (read_image_file(tiled / f"{files[0].stem}_mask.png") == expected).mean()
+    assert agreement > 0.95
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.py", "--model", "unnet"], "unknown model 'unnet' (did you mean 'unet'?)"),
+    (["train.py", "--set", "train.lrr=1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+    (["train.py", "--data", "/nonexistent/data"], "/nonexistent/data: dataset folder not found"),
+    (["train.py", "--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
+    (["test.py", "/nonexistent.npz"], "/nonexistent.npz: checkpoint file not found"),
+    (["predict.py", "/nonexistent.npz", "-i", "/nonexistent.png", "-o", "/tmp/x"], "/nonexistent.png: no such file"),
+])
+def test_bad_input_is_one_line_error(args, message):
+    proc = run(*args, check=False)
+    assert proc.returncode == 2
+    err_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1 and message in err_lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_speed_tool_prints_one_json_line():
+    proc = run("speed.py", "--model", "unet", "--mode", "infer", "--size", "64", "--steps", "2", "--warmup", "1",
+               "--set", "model.args.base_channels=4")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["mode"] == "infer" and result["params"] > 0 and result["median_s"] > 0
+
+
+def test_env_report_runs():
+    proc = subprocess.run([sys.executable, "-m", "jmedseg.env"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0
+    for key in ("jittor", "device", "onednn", "jittor_cache"):
+        assert key in proc.stdout
