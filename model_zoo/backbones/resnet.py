@@ -40,7 +40,7 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_channels, planes, stride=1, downsample=None, dilation=1, first_dilation=None):
         super().__init__()
-        self.conv1 = _conv3x3(in_channels, planes, stride, dilation)
+        self.conv1 = _conv3x3(in_channels, planes, stride, first_dilation or dilation)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = _conv3x3(planes, planes, dilation=dilation)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -72,7 +72,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride, dilation)
+        self.conv2 = _conv3x3(planes, planes, stride, first_dilation or dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
