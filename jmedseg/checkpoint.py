@@ -26,16 +26,19 @@ def model_state(model):
     return {k: np.asarray(v.numpy()) for k, v in model.state_dict().items()}
 
 
-def _optimizer_arrays(optimizer):
-    arrays = {}
+def _optimizer_buffers(optimizer):
+    """``(key, Var)`` for every per-parameter buffer (Adam's moments, SGD's momentum, …)."""
     for gi, group in enumerate(optimizer.param_groups):
         n = len(group["params"])
-        for key, value in group.items():
-            if key in ("params", "grads") or not isinstance(value, list) or len(value) != n:
+        for name, value in group.items():
+            if name in ("params", "grads") or not isinstance(value, list) or len(value) != n:
                 continue
             for i, var in enumerate(value):
-                arrays[f"optim/{gi}/{key}/{i}"] = np.asarray(var.numpy())
-    return arrays
+                yield f"optim/{gi}/{name}/{i}", var
+
+
+def _optimizer_arrays(optimizer):
+    return {key: np.asarray(var.numpy()) for key, var in _optimizer_buffers(optimizer)}
 
 
 def save_checkpoint(path, model, meta, optimizer=None):
@@ -103,16 +106,11 @@ def load_optimizer_state(optimizer, arrays, meta, source="checkpoint"):
     """Restore the buffers written by ``save_checkpoint(..., optimizer=...)``."""
     from model_zoo.backend import jt
 
-    expected = _optimizer_arrays(optimizer)
-    if set(expected) != {k for k in arrays if k.startswith("optim/")}:
+    buffers = dict(_optimizer_buffers(optimizer))
+    if set(buffers) != {k for k in arrays if k.startswith("optim/")}:
         raise CheckpointError(f"{source}: optimizer state does not match the optimizer")
-    for gi, group in enumerate(optimizer.param_groups):
-        n = len(group["params"])
-        for key, value in group.items():
-            if key in ("params", "grads") or not isinstance(value, list) or len(value) != n:
-                continue
-            for i, var in enumerate(value):
-                var.assign(jt.array(arrays[f"optim/{gi}/{key}/{i}"]))
+    for key, var in buffers.items():
+        var.assign(jt.array(arrays[key]))
     optimizer.n_step = int(meta.get("optimizer_step", 0))
 
 

@@ -44,10 +44,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 """Allowed values of the keys that take one of a fixed set of strings."""
 
-NULLABLE: dict[str, type] = {
+NULLABLE: dict[str, type | tuple[type, ...]] = {
     "data.root": str,
     "data.val_split": str,
     "data.test_split": str,
+    "data.augment": (str, list),
     "train.epochs": int,
     "train.grad_clip": float,
     "eval.tile_size": int,
@@ -61,6 +62,7 @@ _TYPE_NAMES = {
     float: "a number",
     str: "a string",
     list: "a list",
+    (str, list): "a preset name, a .yaml file or a list of ops",
     dict: "a mapping",
 }
 _SEED_MAX = 2**32 - 1  # numpy seeds are unsigned 32-bit
@@ -134,6 +136,16 @@ def _weight_list(value: list) -> list:
     return [float(weight) for weight in value]
 
 
+def _augment_ops(value: str | list) -> list:
+    """Resolve a preset name or YAML file to its list of ops, so a saved config records the ops themselves.
+
+    Problems raise ConfigError naming ``data.augment`` or the pipeline file (see jmedseg.augment).
+    """
+    from .augment import resolve_ops  # OpenCV is loaded only when a config sets augmentation
+
+    return resolve_ops(value, source="data.augment")
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "model.name": _non_empty,
     "model.in_channels": _in_range(1),
@@ -145,6 +157,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "data.patch_size": _in_range(32),
     "data.image_size": _in_range(32),
     "data.foreground_bias": _in_range(0, 1),
+    "data.augment": _augment_ops,
     "train.batch_size": _in_range(1),
     "train.iterations": _in_range(1),
     "train.epochs": _in_range(1),
@@ -163,6 +176,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "train.loss_args": _string_keys,
     "train.aux_weights": _weight_list,
     "train.grad_clip": _in_range(0, lo_open=True),
+    "train.checkpoint_interval": _in_range(1),
+    "train.nan_retries": _in_range(0),
+    "train.nan_lr_factor": _in_range(0, 1, lo_open=True, hi_open=True),
     "eval.threshold": _in_range(0, 1),
     "eval.tile_size": _in_range(32),
     "eval.tile_overlap": _in_range(0, 1, hi_open=True),

@@ -11,9 +11,8 @@ re-implementations (e.g. LeeJunHyun/Image_Segmentation's AttU_Net).
 """
 from .backend import jt
 from .base import SegmentationModel
-from .layers import AttentionGate, UpConcat
+from .layers import AttentionGate, UNetEncoder, UpConcat
 from .registry import ModelZooError, register_model
-from .unet import UNetEncoder
 
 nn = jt.nn
 

@@ -22,7 +22,7 @@ import math
 
 from .backend import jt
 from .base import SegmentationModel
-from .layers import ConvBNReLU, UpConcat
+from .layers import ConvBNReLU, PooledEncoder, UpConcat
 from .registry import ModelZooError, register_model
 
 nn = jt.nn
@@ -102,21 +102,13 @@ class ChannelAttention(nn.Module):
         return 2 * 2 * channels * channels * pixels
 
 
-class CSNetEncoder(nn.Module):
+class CSNetEncoder(PooledEncoder):
     """Residual blocks separated by 2x2 max-pools; returns every block's features."""
 
     def __init__(self, in_channels, widths):
-        super().__init__()
-        self.widths = list(widths)
-        self.blocks = nn.ModuleList([ResidualBlock(c_in, c_out)
-                                     for c_in, c_out in zip([in_channels] + self.widths[:-1], self.widths)])
-        self.pool = nn.MaxPool2d(2, stride=2)
-
-    def execute(self, x):
-        features = [self.blocks[0](x)]
-        for block in self.blocks[1:]:
-            features.append(block(self.pool(features[-1])))
-        return features
+        widths = list(widths)
+        super().__init__([ResidualBlock(c_in, c_out) for c_in, c_out in zip([in_channels] + widths[:-1], widths)],
+                         widths)
 
 
 class CSNet(SegmentationModel):

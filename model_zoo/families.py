@@ -4,3 +4,5 @@ from . import unetpp, unet3p, multiresunet  # noqa: F401
 from . import attention_unet, r2unet, dense_unet  # noqa: F401
 from . import u2net, csnet, scse_unet  # noqa: F401
 from . import ternausnet, resunet, cenet  # noqa: F401
+from . import deeplab, pspnet  # noqa: F401
+from . import hrnet, ocrnet  # noqa: F401

@@ -19,6 +19,7 @@ BatchNorm running statistics.
 """
 from .backend import jt
 from .base import SegmentationModel
+from .layers import PooledEncoder
 from .registry import ModelZooError, register_model
 
 nn = jt.nn
@@ -93,23 +94,15 @@ class ResPath(nn.Module):
         return x
 
 
-class MultiResEncoder(nn.Module):
+class MultiResEncoder(PooledEncoder):
     """MultiRes blocks separated by 2x2 max-pools; returns every block's output, deepest last."""
 
     def __init__(self, in_channels, unet_widths, alpha):
-        super().__init__()
         blocks, previous = [], in_channels
         for width in unet_widths:
             blocks.append(MultiResBlock(previous, width, alpha))
             previous = blocks[-1].out_channels
-        self.blocks = nn.ModuleList(blocks)
-        self.pool = nn.MaxPool2d(2, stride=2)
-
-    def execute(self, x):
-        features = [self.blocks[0](x)]
-        for block in self.blocks[1:]:
-            features.append(block(self.pool(features[-1])))
-        return features
+        super().__init__(blocks, [block.out_channels for block in blocks])
 
 
 class MultiResUNet(SegmentationModel):
@@ -140,7 +133,7 @@ class MultiResUNet(SegmentationModel):
                                 f"block convolution without filters; use alpha * base_channels >= 6")
         unet_widths = [base_channels * 2 ** i for i in range(5)]
         self.encoder = MultiResEncoder(in_channels, unet_widths, alpha)
-        block_channels = [block.out_channels for block in self.encoder.blocks]
+        block_channels = [block.out_channels for block in self.encoder.stages]
         self.res_paths = nn.ModuleList([ResPath(block_channels[i], unet_widths[i], length)
                                         for i, length in enumerate((4, 3, 2, 1))])
         # Decoder, deepest level first: upsample to U channels, concatenate the Res path, MultiRes block.

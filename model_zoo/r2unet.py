@@ -11,7 +11,7 @@ transposed conv halving the channels, as in ``unet.py``.
 """
 from .backend import jt
 from .base import SegmentationModel
-from .layers import AttentionGate, RecurrentResidualBlock
+from .layers import AttentionGate, PooledEncoder, RecurrentResidualBlock
 from .registry import ModelZooError, register_model
 
 nn = jt.nn
@@ -19,22 +19,13 @@ nn = jt.nn
 __all__ = ["R2UNet", "R2UNetEncoder"]
 
 
-class R2UNetEncoder(nn.Module):
-    """A recurrent residual unit at full resolution, then ``len(widths) - 1`` (max-pool, unit)
-    stages; returns every stage's features, deepest last."""
+class R2UNetEncoder(PooledEncoder):
+    """Recurrent residual units separated by max-pools; returns every stage's features, deepest last."""
 
     def __init__(self, in_channels, widths, recurrence=2):
-        super().__init__()
-        self.stem = RecurrentResidualBlock(in_channels, widths[0], recurrence)
-        self.stages = nn.ModuleList([RecurrentResidualBlock(widths[i], widths[i + 1], recurrence)
-                                     for i in range(len(widths) - 1)])
-        self.pool = nn.MaxPool2d(2, stride=2)
-
-    def execute(self, x):
-        features = [self.stem(x)]
-        for stage in self.stages:
-            features.append(stage(self.pool(features[-1])))
-        return features
+        widths = list(widths)
+        super().__init__([RecurrentResidualBlock(c_in, c_out, recurrence)
+                          for c_in, c_out in zip([in_channels] + widths[:-1], widths)], widths)
 
 
 class RecurrentUpStage(nn.Module):

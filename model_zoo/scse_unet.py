@@ -13,7 +13,7 @@ later TMI version.
 """
 from .backend import jt
 from .base import SegmentationModel
-from .layers import DoubleConv, SpatialChannelSE, UpConcat
+from .layers import DoubleConv, PooledEncoder, SpatialChannelSE, UpConcat
 from .registry import ModelZooError, register_model
 
 nn = jt.nn
@@ -21,21 +21,13 @@ nn = jt.nn
 __all__ = ["SCSEUNet", "SCSEUNetEncoder"]
 
 
-class SCSEUNetEncoder(nn.Module):
+class SCSEUNetEncoder(PooledEncoder):
     """UNet encoder with an scSE block after every stage; returns every stage's recalibrated features."""
 
     def __init__(self, in_channels, widths, reduction=2, combine="add"):
-        super().__init__()
-        self.widths = list(widths)
-        self.stages = nn.ModuleList([nn.Sequential(DoubleConv(c_in, c_out), SpatialChannelSE(c_out, reduction, combine))
-                                     for c_in, c_out in zip([in_channels] + self.widths[:-1], self.widths)])
-        self.pool = nn.MaxPool2d(2, stride=2)
-
-    def execute(self, x):
-        features = [self.stages[0](x)]
-        for stage in self.stages[1:]:
-            features.append(stage(self.pool(features[-1])))
-        return features
+        widths = list(widths)
+        super().__init__([nn.Sequential(DoubleConv(c_in, c_out), SpatialChannelSE(c_out, reduction, combine))
+                          for c_in, c_out in zip([in_channels] + widths[:-1], widths)], widths)
 
 
 class SCSEUNet(SegmentationModel):

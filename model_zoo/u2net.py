@@ -18,7 +18,7 @@ applies a sigmoid to every output inside the network).
 """
 from .backend import jt
 from .base import SegmentationModel
-from .layers import ConvBNReLU
+from .layers import ConvBNReLU, PooledEncoder
 from .registry import ModelZooError, register_model
 
 nn = jt.nn
@@ -88,24 +88,15 @@ class RSU(nn.Module):
         return y + x_in
 
 
-class U2NetEncoder(nn.Module):
+class U2NetEncoder(PooledEncoder):
     """The six RSU stages of the outer U with 2x2 max-pools between them; returns every stage's output."""
 
     def __init__(self, in_channels, stages):
-        super().__init__()
         blocks, previous = [], in_channels
         for height, dilated, mid, out in stages:
             blocks.append(RSU(previous, mid, out, height, dilated))
             previous = out
-        self.stages = nn.ModuleList(blocks)
-        self.widths = [stage[3] for stage in stages]
-        self.pool = nn.MaxPool2d(2, stride=2)
-
-    def execute(self, x):
-        features = [self.stages[0](x)]
-        for stage in self.stages[1:]:
-            features.append(stage(self.pool(features[-1])))
-        return features
+        super().__init__(blocks, [stage[3] for stage in stages])
 
 
 class U2Net(SegmentationModel):

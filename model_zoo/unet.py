@@ -38,7 +38,7 @@ class UNet(SegmentationModel):
             raise ModelZooError(f"UNet: depth and base_channels must be positive, got {depth}, {base_channels}")
         widths = [base_channels * 2 ** i for i in range(depth + 1)]
         self.size_divisor = 2 ** depth
-        self.min_input_size = max(32, 2 ** depth)
+        self.min_input_size = max(32, 2 ** (depth + 1))  # the deepest 2x2 max-pool needs a map larger than 2x2
         self.encoder = UNetEncoder(in_channels, widths)
         self.decoder = nn.ModuleList([UpConcat(widths[i + 1], widths[i], widths[i], upsampling)
                                       for i in reversed(range(depth))])

@@ -407,3 +407,47 @@ def test_dataset_configs_match_their_data():
     assert (drive.data.name, drive.model.in_channels, drive.data.preprocess) == ("DRIVE", 1, "green_clahe")
     kvasir = load_config(CONFIG_DIR / "kvasir" / "unet.yaml")
     assert (kvasir.data.mode, kvasir.eval.use_fov, kvasir.model.in_channels) == ("resize", False, 3)
+
+
+# --- data.augment ----------------------------------------------------------------------------
+
+
+def test_augment_defaults_to_null_and_a_preset_becomes_its_ops():
+    from jmedseg.augment import resolve_ops
+
+    assert load_config().data.augment is None
+    cfg = load_config(overrides=["data.augment=sas"])
+    assert cfg.data.augment == resolve_ops("sas") and len(cfg.data.augment) >= 10
+
+
+def test_augment_inline_list_and_file_survive_dump_and_reload(tmp_path):
+    cfg = load_config(overrides=["data.augment=[{name: gamma, p: 0.3, range: [0.7, 1.5]}]"])
+    assert cfg.data.augment == [{"name": "gamma", "p": 0.3, "range": [0.7, 1.5]}]
+    ops = write(tmp_path / "ops.yaml", "- {name: blur, p: 1, sigma: 2}\n")
+    cfg = load_config(write(tmp_path / "a.yaml", f"data:\n  augment: {ops}\n"))
+    assert cfg.data.augment == [{"name": "blur", "p": 1.0, "sigma": [2.0, 2.0]}]
+    cfg.dump(tmp_path / "saved.yaml")
+    ops.unlink()  # the saved config holds the ops themselves
+    assert load_config(tmp_path / "saved.yaml").data.augment == cfg.data.augment
+    assert Config.from_dict(cfg.to_dict()).data.augment == cfg.data.augment
+
+
+def test_augment_mixin_config_composes_with_a_dataset_config(tmp_path):
+    path = write(tmp_path / "drive_sas.yaml", f"_base_: [{CONFIG_DIR / 'drive' / 'unet.yaml'}, "
+                                              f"{CONFIG_DIR / 'augment' / 'sas.yaml'}]\n")
+    cfg = load_config(path)
+    assert cfg.data.name == "DRIVE" and cfg.data.preprocess == "green_clahe"
+    assert [op["name"] for op in cfg.data.augment][:2] == ["affine", "elastic"]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.augment=3", "'data.augment' must be a preset name, a .yaml file or a list of ops or null, got 3 (int)"),
+        ("data.augment=[{name: gama}]", "data.augment: entry 1: unknown augmentation 'gama' (did you mean 'gamma'?)"),
+        ("data.augment=strong", "data.augment: 'strong' is neither a preset nor a .yaml/.yml file"),
+        ("data.augment=/nonexistent/ops.yaml", "/nonexistent/ops.yaml: augmentation file not found"),
+    ],
+)
+def test_augment_errors(override, expected):
+    assert expected in error_of(overrides=[override])

@@ -97,7 +97,7 @@ def test_multires_widths_follow_the_reference_factors():
 
 def test_multiresunet_structure():
     model = create_model("multiresunet")
-    assert [block.out_channels for block in model.encoder.blocks] == [51, 105, 212, 426, 853]
+    assert [block.out_channels for block in model.encoder.stages] == [51, 105, 212, 426, 853]
     assert [len(path.convs) for path in model.res_paths] == [4, 3, 2, 1]
     assert [path.convs[-1].conv.out_channels for path in model.res_paths] == [32, 64, 128, 256]
 

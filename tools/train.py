@@ -35,14 +35,31 @@ def main(argv):
     parser.add_argument("--work-dir", help="run folder (default: work_dirs/<config>_<dataset>)")
     parser.add_argument("--overwrite", action="store_true", help="reuse a run folder that holds a run")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its folder (or its "
+                        "last.npz) with its saved config; --set may change e.g. train.lr")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
 
     from jmedseg.engine import Trainer, format_report
     from model_zoo import count_parameters
 
-    work_dir = pick_work_dir(cfg, args.work_dir, args.overwrite)
-    trainer = Trainer(cfg, work_dir, progress=not args.no_progress)
+    if args.resume:
+        run = Path(args.resume)
+        work_dir = run if run.is_dir() else run.parent
+        if not (work_dir / "config.yaml").exists():
+            raise ConfigError(f"{work_dir}: not a run folder (no config.yaml); give the folder tools/train.py wrote")
+        args.config = str(work_dir / "config.yaml")
+        cfg = config_from_args(args)
+        trainer = Trainer(cfg, work_dir, progress=not args.no_progress)
+        step = trainer.resume(run if run.is_file() else None)
+        print(f"resuming {work_dir} at step {step}")
+    else:
+        cfg = config_from_args(args)
+        work_dir = pick_work_dir(cfg, args.work_dir, args.overwrite)
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"{work_dir}: cannot create the run folder ({err.strerror})") from None
+        trainer = Trainer(cfg, work_dir, progress=not args.no_progress)
     ds = trainer.datasets
     print(f"run folder: {work_dir}")
     print(f"model {cfg.model.name} ({count_parameters(trainer.model) / 1e6:.2f} M params) "

@@ -48,6 +48,7 @@ __all__ = [
     "load_split",
     "read_image_file",
     "split_train_val",
+    "standardise",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm")
@@ -243,8 +244,17 @@ def _decode_fov(path: Path) -> np.ndarray:
     raise DataError(f"{path}: fov is not binary: values {_format_values(values)} are outside {{0, 255}} or {{0, 1}}")
 
 
-def _standardise(image: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
-    """Per-channel zero mean / unit std, statistics taken inside ``fov`` when it has any pixel."""
+def standardise(image: np.ndarray, fov: np.ndarray | None = None) -> np.ndarray:
+    """Standardise each channel to zero mean and unit standard deviation.
+
+    Args:
+        image: ``H x W x C`` array (any real dtype, e.g. the 8-bit range of :meth:`SegDataset.raw`).
+        fov: optional bool ``H x W`` mask; when it has any pixel the statistics are taken inside it
+            (the same affine map is applied to the whole image).
+
+    Returns:
+        float32 ``H x W x C``; a constant channel becomes all zeros.
+    """
     image = image.astype(np.float32)
     region = image[fov] if fov is not None and fov.any() else image.reshape(-1, image.shape[2])
     mean = region.mean(axis=0, dtype=np.float64)
@@ -272,7 +282,7 @@ def load_image(
     image = _decode_image(path, in_channels, preprocess)
     if fov is not None and fov.shape != image.shape[:2]:
         raise DataError(f"{path}: image size {_size(image)} does not match fov size {fov.shape[1]}x{fov.shape[0]}")
-    return _standardise(image, fov)
+    return standardise(image, fov)
 
 
 def _size(array: np.ndarray) -> str:
@@ -307,7 +317,8 @@ class SegDataset(Sequence[Sample]):
 
     With ``cache=True`` every file is decoded and checked when the dataset is created and the decoded
     8-bit arrays are kept in memory; with ``cache=False`` files are decoded (and checked) on each access.
-    Indexing returns fresh arrays, so callers may modify them.
+    Indexing returns fresh arrays, so callers may modify them. :meth:`raw` gives a sample before
+    standardisation (for augmentation on 8-bit values).
     """
 
     def __init__(
@@ -349,14 +360,23 @@ class SegDataset(Sequence[Sample]):
         return len(self._records)
 
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        sample = self.raw(index)
+        return sample._replace(image=standardise(sample.image, sample.fov))
+
+    def raw(self, index: int) -> Sample:
+        """The sample at ``index`` before standardisation, for augmentations defined on 8-bit values.
+
+        The image is ``H x W x C`` in the 8-bit range after channel conversion and ``preprocess``:
+        uint8, or float32 holding 0..255 for 16-bit sources. Mask and FOV are as in ``dataset[index]``
+        and ``standardise(raw.image, raw.fov)`` equals ``dataset[index].image``. Returns fresh arrays.
+        """
         if isinstance(index, slice):
             raise TypeError("SegDataset does not support slices; use subset(indices)")
         record = self._records[index]
         raw = self._raw(record)
-        image = _standardise(raw.image, raw.fov)
         mask = raw.mask.astype(np.int64) if raw.mask is not None else None
         fov = raw.fov.copy() if raw.fov is not None else None
-        return Sample(record.name, image, mask, fov)
+        return Sample(record.name, raw.image.copy(), mask, fov)
 
     def subset(self, indices: Iterable[int], description: str | None = None) -> "SegDataset":
         """A dataset holding the samples at ``indices`` (in that order), sharing this dataset's cache."""

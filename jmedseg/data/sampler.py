@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 
-from jmedseg.data.dataset import Sample
+from jmedseg.augment import Pipeline
+from jmedseg.data.dataset import Sample, standardise
 from jmedseg.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["TrainSampler"]
@@ -47,9 +48,15 @@ class TrainSampler:
       masks, whose class indices must be below 256).
     * ``flip=True``: random horizontal and vertical flips, plus random 90 degree rotations when the
       output is square.
+    * ``augment``: a :class:`jmedseg.augment.Pipeline` run on the raw 8-bit image, mask and FOV
+      (:meth:`SegDataset.raw <jmedseg.data.dataset.SegDataset.raw>`) before standardisation, which
+      then takes its statistics inside the augmented FOV. In ``patch`` mode the whole image is
+      augmented and then cropped; in ``resize`` mode it is resized first (image bilinear, mask and
+      FOV nearest) and augmented at ``image_size``. The flips above come after it.
 
-    All randomness comes from one ``numpy.random.Generator`` owned by the sampler; :meth:`state_dict`
-    captures it with the epoch order and position, so a restored sampler draws the same batches.
+    All randomness, the augmentation pipeline's included, comes from one ``numpy.random.Generator``
+    owned by the sampler; :meth:`state_dict` captures it with the epoch order and position, so a
+    restored sampler draws the same batches.
 
     Args:
         dataset: sequence of :class:`~jmedseg.data.dataset.Sample` with masks.
@@ -60,6 +67,10 @@ class TrainSampler:
         foreground_bias: probability of centring a crop on a foreground pixel, in [0, 1].
         flip: enable flip / rotation augmentation.
         seed: seed of the sampler's generator.
+        augment: None (no augmentation), or a pipeline spec: a preset name, a YAML file or a list of
+            ops (see :func:`jmedseg.augment.resolve_ops`), or a :class:`~jmedseg.augment.Pipeline`
+            whose ops are used (drawing from the sampler's generator). Needs a dataset with a
+            ``raw(index)`` method, such as :class:`~jmedseg.data.dataset.SegDataset`.
     """
 
     def __init__(
@@ -72,6 +83,7 @@ class TrainSampler:
         foreground_bias: float = 0.5,
         flip: bool = True,
         seed: int = 0,
+        augment: Pipeline | str | Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         where = getattr(dataset, "description", "dataset")
         if len(dataset) == 0:
@@ -92,6 +104,15 @@ class TrainSampler:
         self.foreground_bias = float(foreground_bias)
         self.flip = bool(flip)
         self._rng = np.random.default_rng(seed)
+        self.augment = None
+        if augment is not None:
+            spec = augment.ops if isinstance(augment, Pipeline) else augment
+            self.augment = Pipeline(spec, rng=self._rng, source="data.augment")
+            if not callable(getattr(dataset, "raw", None)):
+                raise DataError(
+                    f"{where}: data.augment needs the raw 8-bit images of a SegDataset (a raw(index) method), "
+                    f"got a {type(dataset).__name__}"
+                )
         self._epoch = 0
         self._position = 0
         self._order: np.ndarray | None = None
@@ -125,18 +146,27 @@ class TrainSampler:
         return images, masks
 
     def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        sample = self.dataset[index]
+        sample = self.dataset[index] if self.augment is None else self.dataset.raw(index)
         if sample.mask is None:
             raise DataError(f"{sample.name}: training needs a mask for every image")
+        image, mask, fov = sample.image, sample.mask, sample.fov
+        if self.mode == "resize":
+            image, mask = self._resize(image), self._resize(mask.astype(np.uint8), cv2.INTER_NEAREST)
+        if self.augment is not None:
+            if self.mode == "resize" and fov is not None:
+                fov = self._resize(fov.view(np.uint8), cv2.INTER_NEAREST).view(bool)
+            image, mask, fov = self.augment(image, mask, fov)
+            image = standardise(image, fov)
         if self.mode == "patch":
-            image, mask = self._crop(sample.image, sample.mask)
-        else:
-            height, width = self.image_size
-            image = cv2.resize(sample.image, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width, -1)
-            mask = cv2.resize(sample.mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+            image, mask = self._crop(image, mask)
         if self.flip:
-            image, mask = self._augment(image, mask)
+            image, mask = self._flip_rotate(image, mask)
         return image, mask
+
+    def _resize(self, array: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        height, width = self.image_size
+        resized = cv2.resize(array, (width, height), interpolation=interpolation)
+        return resized.reshape(height, width, -1) if array.ndim == 3 else resized
 
     def _crop(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         patch_h, patch_w = self.patch_size
@@ -154,7 +184,7 @@ class TrainSampler:
             left = int(self._rng.integers(width - patch_w + 1))
         return image[top : top + patch_h, left : left + patch_w], mask[top : top + patch_h, left : left + patch_w]
 
-    def _augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _flip_rotate(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
         if self._rng.random() < 0.5:

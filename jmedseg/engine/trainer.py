@@ -17,9 +17,10 @@ from tqdm import tqdm
 from model_zoo import create_model
 from model_zoo.backend import jt, set_device
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import (load_checkpoint, load_model_state, load_optimizer_state, read_checkpoint,
+                          save_checkpoint)
 from ..data import TrainSampler, build_datasets
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..io import write_json, write_text
 from ..losses import DeepSupervisionLoss, build_loss
 from .evaluate import evaluate
@@ -51,6 +52,12 @@ def _rows_to_csv(rows):
 class Trainer:
     """Trains ``cfg.model`` on ``cfg.data`` following ``cfg.train``; see the module docstring.
 
+    Interruption-safe: every ``train.checkpoint_interval`` steps ``last.npz`` holds the weights,
+    the optimizer buffers, the sampler's random state and the trainer's own state (step, logs,
+    best Dice, partial log window, learning-rate scale). :meth:`resume` restores all of it, and
+    Jittor's generator is re-seeded from (seed, step) every step, so a run killed at any moment
+    and resumed produces the same losses and weights as an uninterrupted run.
+
     Args:
         cfg: a resolved :class:`jmedseg.config.Config`.
         work_dir: the run folder (created).
@@ -60,9 +67,9 @@ class Trainer:
     def __init__(self, cfg, work_dir, progress=True):
         self.cfg, self.work_dir, self.progress = cfg, Path(work_dir), progress
         self.device = set_device(cfg.device)
-        seed = int(cfg.train.seed)
-        jt.set_global_seed(seed)
-        np.random.seed(seed)
+        self.seed = int(cfg.train.seed)
+        jt.set_global_seed(self.seed)
+        np.random.seed(self.seed)
         m, d, t = cfg.model, cfg.data, cfg.train
         self.num_classes = int(m.num_classes)
         self.datasets = build_datasets(
@@ -72,7 +79,7 @@ class Trainer:
         self.model = create_model(m.name, in_channels=m.in_channels, num_classes=m.num_classes, **dict(m.args))
         self.sampler = TrainSampler(self.datasets["train"], batch_size=t.batch_size, mode=d.mode,
                                     patch_size=d.patch_size, image_size=d.image_size,
-                                    foreground_bias=d.foreground_bias, flip=d.flip, seed=seed)
+                                    foreground_bias=d.foreground_bias, flip=d.flip, seed=self.seed)
         self.total_steps = int(t.epochs * self.sampler.epoch_length if t.epochs else t.iterations)
         self.optimizer = build_optimizer(t.optimizer, self.model.parameters(), t.lr, t.weight_decay, t.momentum)
         self.schedule = LRSchedule(t.scheduler, t.lr, self.total_steps, warmup_iters=t.warmup_iters,
@@ -84,8 +91,27 @@ class Trainer:
         self.step = 0
         self.best_dice = -math.inf
         self.log_rows, self.val_rows = [], []
+        self.lr_scale, self.nan_retries_used = 1.0, 0
+        self.window_loss, self.window_steps, self.elapsed = 0.0, 0, 0.0
 
-    # -- bookkeeping ---------------------------------------------------------------------------
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self):
+        """The trainer's own state (JSON-serialisable), saved in ``last.npz``."""
+        return {"step": self.step, "best_dice": None if self.best_dice == -math.inf else self.best_dice,
+                "log_rows": self.log_rows, "val_rows": self.val_rows, "lr_scale": self.lr_scale,
+                "nan_retries_used": self.nan_retries_used, "window_loss": self.window_loss,
+                "window_steps": self.window_steps, "elapsed": self.elapsed,
+                "sampler": self.sampler.state_dict()}
+
+    def _load_state(self, state):
+        self.step = int(state["step"])
+        self.best_dice = -math.inf if state["best_dice"] is None else float(state["best_dice"])
+        self.log_rows, self.val_rows = list(state["log_rows"]), list(state["val_rows"])
+        self.lr_scale, self.nan_retries_used = float(state["lr_scale"]), int(state["nan_retries_used"])
+        self.window_loss, self.window_steps = float(state["window_loss"]), int(state["window_steps"])
+        self.elapsed = float(state["elapsed"])
+        self.sampler.load_state_dict(state["sampler"])
+
     def _meta(self, **extra):
         m = self.cfg.model
         return dict(model={"name": m.name, "args": dict(self.model.model_args)},
@@ -94,6 +120,24 @@ class Trainer:
     def _save(self, name, with_optimizer=False, **extra):
         save_checkpoint(self.work_dir / name, self.model, self._meta(**extra),
                         optimizer=self.optimizer if with_optimizer else None)
+
+    def save_last(self):
+        """Write ``last.npz``: everything :meth:`resume` needs."""
+        self._save("last.npz", with_optimizer=True, trainer_state=self.state_dict())
+
+    def resume(self, path=None):
+        """Restore weights, optimizer, sampler and trainer state from ``path`` (default ``last.npz``)."""
+        path = Path(path) if path else self.work_dir / "last.npz"
+        meta, arrays = read_checkpoint(path)
+        if "trainer_state" not in meta:
+            raise CheckpointError(f"{path}: holds weights only (no optimizer/trainer state); "
+                                  "resume needs the run's last.npz")
+        if meta["model"] != self._meta()["model"]:
+            raise CheckpointError(f"{path}: was written for model {meta['model']}, not {self._meta()['model']}")
+        load_model_state(self.model, arrays, source=str(path))
+        load_optimizer_state(self.optimizer, arrays, meta, source=str(path))
+        self._load_state(meta["trainer_state"])
+        return self.step
 
     # -- training --------------------------------------------------------------------------------
     def _train_step(self, images, masks):
@@ -118,6 +162,20 @@ class Trainer:
             self.optimizer.step(loss)
         return loss.item()
 
+    def _recover_from_nan(self, loss, lr):
+        """Reload ``last.npz`` with a lower learning rate, or stop naming the step."""
+        t = self.cfg.train
+        last = self.work_dir / "last.npz"
+        message = f"loss became {loss} at step {self.step + 1} (lr {lr:.3g})"
+        if self.nan_retries_used >= t.nan_retries or not last.exists():
+            hint = (f"; the last good checkpoint is {last} (resume with --resume, e.g. with a lower train.lr)"
+                    if last.exists() else "; no checkpoint was written before it")
+            raise FloatingPointError(message + hint)
+        retries, scale = self.nan_retries_used + 1, self.lr_scale * t.nan_lr_factor
+        self.resume(last)
+        self.nan_retries_used, self.lr_scale = retries, scale
+        tqdm.write(f"{message}: retry {retries}/{t.nan_retries} from step {self.step} with lr x{scale:g}")
+
     def validate(self):
         """Evaluate on the validation split; keep ``best.npz`` by pooled Dice."""
         val = self.datasets.get("val")
@@ -138,7 +196,7 @@ class Trainer:
         return row
 
     def train(self):
-        """Run all steps; returns the last validation row (or None)."""
+        """Run the remaining steps (all of them, or those after :meth:`resume`)."""
         t, cfg = self.cfg.train, self.cfg
         self.work_dir.mkdir(parents=True, exist_ok=True)
         cfg.dump(self.work_dir / "config.yaml")
@@ -146,40 +204,46 @@ class Trainer:
         batches = iter(self.sampler)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.model.name}",
                    disable=not self.progress, dynamic_ncols=True)
-        start, last_val = time.perf_counter(), None
-        window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+        clock, window_start = time.perf_counter(), time.perf_counter()
         while self.step < self.total_steps:
-            lr = self.schedule.lr_at(self.step)
+            lr = self.schedule.lr_at(self.step) * self.lr_scale
             set_lr(self.optimizer, lr)
+            # Dropout and other random layers draw from a generator seeded by (seed, step), so a
+            # resumed run draws what an uninterrupted one would.
+            jt.set_seed((self.seed * 1_000_003 + self.step) % 2**31)
             images, masks = next(batches)
             loss = self._train_step(images, masks)
             if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {self.step} (lr {lr:.3g}); "
-                                         f"the last good checkpoint is {self.work_dir / 'last.npz'}")
+                self._recover_from_nan(loss, lr)
+                bar.n = self.step
+                continue
             self.step += 1
-            window_loss, window_steps = window_loss + loss, window_steps + 1
+            self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
             bar.update(1)
+            now = time.perf_counter()
+            self.elapsed, clock = self.elapsed + now - clock, now
             if self.step % t.log_interval == 0 or self.step == self.total_steps:
-                elapsed = time.perf_counter() - window_start
-                row = {"step": self.step, "lr": lr, "loss": window_loss / window_steps,
-                       "images_per_s": window_steps * t.batch_size / max(elapsed, 1e-9),
-                       "elapsed_s": time.perf_counter() - start}
+                row = {"step": self.step, "lr": lr, "loss": self.window_loss / self.window_steps,
+                       "images_per_s": self.window_steps * t.batch_size / max(now - window_start, 1e-9),
+                       "elapsed_s": self.elapsed}
                 self.log_rows.append(row)
                 write_text(self.work_dir / "log.csv", _rows_to_csv(self.log_rows))
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{row['images_per_s']:.1f}")
-                window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+                self.window_loss, self.window_steps, window_start = 0.0, 0, time.perf_counter()
             if self.step % t.val_interval == 0 or self.step == self.total_steps:
-                last_val = self.validate()
-                if last_val:
-                    bar.write(f"step {self.step}: val dice {last_val['dice']:.4f} (best {self.best_dice:.4f})")
-                self._save("last.npz", with_optimizer=True)
+                row = self.validate()
+                if row:
+                    bar.write(f"step {self.step}: val dice {row['dice']:.4f} (best {self.best_dice:.4f})")
+            if self.step % t.checkpoint_interval == 0 or self.step == self.total_steps:
+                self.save_last()
+            clock = time.perf_counter()
         bar.close()
         if not self.datasets.get("val"):
             self._save("best.npz")
         write_json(self.work_dir / "history.json",
-                   {"train": self.log_rows, "val": self.val_rows, "train_time_s": time.perf_counter() - start,
+                   {"train": self.log_rows, "val": self.val_rows, "train_time_s": self.elapsed,
                     "best_val_dice": None if self.best_dice == -math.inf else self.best_dice})
-        return last_val
+        return self.val_rows[-1] if self.val_rows else None
 
     def test(self):
         """Evaluate ``best.npz`` on the test split; writes ``test_report.json`` and returns it."""

@@ -14,6 +14,7 @@ widths as ``channels`` and their strides as ``strides``:
 from ..registry import ModelZooError
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101
 from .vgg import VGG, vgg11, vgg11_bn, vgg16, vgg16_bn
+from .hrnet import HRNet, create_hrnet, hrnet_w18, hrnet_w18_small_v1, hrnet_w18_small_v2, hrnet_w48  # noqa: F401
 
 __all__ = ["BACKBONES", "create_backbone", "ResNet", "BasicBlock", "Bottleneck", "VGG", "resnet18", "resnet34",
            "resnet50", "resnet101", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]

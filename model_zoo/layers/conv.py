@@ -4,7 +4,7 @@ from ..registry import ModelZooError
 
 nn = jt.nn
 
-__all__ = ["ConvBNReLU", "DoubleConv", "UpConcat", "UNetEncoder"]
+__all__ = ["ConvBNReLU", "DoubleConv", "UpConcat", "PooledEncoder", "UNetEncoder"]
 
 
 class ConvBNReLU(nn.Sequential):
@@ -50,18 +50,31 @@ class UpConcat(nn.Module):
         return self.conv(jt.concat([skip, self.up(x)], dim=1))
 
 
-class UNetEncoder(nn.Module):
-    """Stem DoubleConv then ``depth`` (max-pool, DoubleConv) stages; returns every stage's features."""
+class PooledEncoder(nn.Module):
+    """Stages separated by 2x2 max-pooling, the UNet encoder pattern; returns every stage's output.
 
-    def __init__(self, in_channels, widths):
+    Args:
+        stages: modules, the first applied at full resolution, each later one after a max-pool.
+        widths: their output channels.
+    """
+
+    def __init__(self, stages, widths):
         super().__init__()
+        self.stages = nn.ModuleList(list(stages))
         self.widths = list(widths)
-        self.stem = DoubleConv(in_channels, widths[0])
-        self.stages = nn.ModuleList([DoubleConv(widths[i], widths[i + 1]) for i in range(len(widths) - 1)])
         self.pool = nn.MaxPool2d(2, stride=2)
 
     def execute(self, x):
-        features = [self.stem(x)]
-        for stage in self.stages:
+        features = [self.stages[0](x)]
+        for stage in self.stages[1:]:
             features.append(stage(self.pool(features[-1])))
         return features
+
+
+class UNetEncoder(PooledEncoder):
+    """DoubleConv stages of the given widths separated by max-pools; returns every stage's features."""
+
+    def __init__(self, in_channels, widths):
+        widths = list(widths)
+        super().__init__([DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels] + widths[:-1], widths)],
+                         widths)

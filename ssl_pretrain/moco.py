@@ -1,0 +1,156 @@
+"""MoCo v2 self-supervised pretraining of a segmentation model's encoder on unlabelled images.
+
+    python ssl_pretrain/moco.py                                   # UNet encoder, synthetic train images
+    python ssl_pretrain/moco.py --model unet --set model.args.base_channels=32 \\
+        --data ../shared/data/DRIVE --set data.preprocess=green_clahe model.in_channels=1 --iterations 2000
+
+--data is a folder of images or a dataset root with <split>/images (masks are never read). The
+model, its arguments, channels, preprocessing, seed and device come from the config (--config,
+--set); the MoCo settings from the flags below. Writes <work-dir>/log.csv and <work-dir>/encoder.npz,
+which jmedseg.ssl.load_encoder_weights loads strictly into model.get_encoder().
+"""
+import argparse
+import csv
+import io
+import math
+import time
+from pathlib import Path
+
+from jmedseg.cli import add_config_args, config_from_args, new_parser, run_tool
+from jmedseg.errors import ConfigError
+
+
+def positive(kind):
+    """An argparse type accepting numbers of ``kind`` greater than 0."""
+    def parse(text):
+        value = kind(text)
+        if not value > 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def pick_work_dir(requested, model_name):
+    """``--work-dir`` as given, else ``work_dirs/moco_<model>`` with a fresh ``-N`` suffix if taken."""
+    if requested:
+        return Path(requested)
+    base = path = Path("work_dirs") / f"moco_{model_name}"
+    n = 1
+    while (path / "encoder.npz").exists() or (path / "log.csv").exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def rows_to_csv(rows):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def main(argv):
+    parser = new_parser(__doc__.splitlines()[0])
+    add_config_args(parser)
+    parser.add_argument("--split", help="images sub-folder <data>/<split>/images (default: data.train_split)")
+    parser.add_argument("--iterations", type=positive(int), default=60, help="optimizer steps")
+    parser.add_argument("--batch", type=positive(int), default=16, help="images per batch")
+    parser.add_argument("--size", type=positive(int), default=64, help="side of the augmented views")
+    parser.add_argument("--queue", type=positive(int), default=4096, help="negative keys K")
+    parser.add_argument("--momentum", type=float, default=0.999, help="key encoder EMA coefficient m, in [0, 1)")
+    parser.add_argument("--temperature", type=positive(float), default=0.2, help="softmax temperature")
+    parser.add_argument("--dim", type=positive(int), default=128, help="projection output dimension")
+    parser.add_argument("--hidden-dim", type=positive(int), default=2048, help="projection hidden width")
+    parser.add_argument("--bn-splits", type=positive(int), default=2,
+                        help="BatchNorm chunks per batch emulating shuffle BN (1: off)")
+    parser.add_argument("--lr", type=positive(float), default=0.03, help="peak SGD learning rate (cosine)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    parser.add_argument("--log-interval", type=positive(int), default=10,
+                        help="write a log row every this many steps")
+    parser.add_argument("--work-dir", help="output folder (default: work_dirs/moco_<model>)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if not 0 <= args.momentum < 1:
+        raise ConfigError(f"--momentum: must be in [0, 1), got {args.momentum}")
+    if args.batch % args.bn_splits:
+        raise ConfigError(f"--batch {args.batch}: must be a multiple of --bn-splits {args.bn_splits}")
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from jmedseg.data import synthetic_root
+    from jmedseg.engine import LRSchedule, build_optimizer, set_lr
+    from jmedseg.io import write_text
+    from jmedseg.ssl import MoCo, MoCoAugment, TwoViewSampler, find_images, load_images
+    from model_zoo import count_parameters, create_model
+    from model_zoo.backend import jt, set_device
+
+    device = set_device(cfg.device)
+    seed = int(cfg.train.seed)
+    jt.set_global_seed(seed)
+    root = Path(cfg.data.root) if cfg.data.root else synthetic_root()
+    split = args.split or cfg.data.train_split
+    paths = find_images(root, split)
+    images = load_images(paths, in_channels=cfg.model.in_channels, preprocess=cfg.data.preprocess)
+
+    m = cfg.model
+    model = create_model(m.name, in_channels=m.in_channels, num_classes=m.num_classes, **dict(m.args))
+    divisor, minimum = model.size_divisor, model.min_input_size
+    if args.size % divisor or args.size < minimum:
+        raise ConfigError(f"--size {args.size}: the encoder of {m.name} needs a multiple of {divisor} "
+                          f"of at least {minimum}")
+    moco = MoCo(model, dim=args.dim, hidden_dim=args.hidden_dim, queue_size=args.queue, momentum=args.momentum,
+                temperature=args.temperature, bn_splits=args.bn_splits, seed=seed)
+    sampler = iter(TwoViewSampler(images, args.batch, MoCoAugment(args.size), seed=seed))
+    optimizer = build_optimizer("sgd", moco.query_parameters(), args.lr, args.weight_decay, momentum=0.9)
+    schedule = LRSchedule("cosine", args.lr, args.iterations)
+    work_dir = pick_work_dir(args.work_dir, m.name)
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    print(f"run folder: {work_dir}")
+    print(f"MoCo v2: {m.name} encoder ({count_parameters(moco.encoder) / 1e6:.2f} M params) on {device}; "
+          f"{len(images)} images from {paths[0].parent}; {args.iterations} steps of {args.batch} x {args.size} px, "
+          f"queue {args.queue}, m {args.momentum}, tau {args.temperature}")
+    if args.queue > len(images):
+        print(f"note: the queue ({args.queue}) is longer than the image list ({len(images)}), so it holds older "
+              f"keys of the query's own image as negatives; instance-discrimination accuracy stays low")
+
+    rows, window = [], []
+    start = window_start = time.perf_counter()
+    bar = tqdm(total=args.iterations, desc=f"moco {m.name}", disable=args.no_progress, dynamic_ncols=True)
+    for step in range(args.iterations):
+        lr = schedule.lr_at(step)
+        set_lr(optimizer, lr)
+        queries, keys = next(sampler)
+        loss, top1 = moco.train_step(queries, keys, optimizer)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} at step {step} (lr {lr:.3g}); try a lower --lr")
+        window.append((loss, top1))
+        bar.update(1)
+        if (step + 1) % args.log_interval == 0 or step + 1 == args.iterations:
+            now = time.perf_counter()
+            mean_loss, mean_top1 = np.mean(window, axis=0)
+            rows.append({"step": step + 1, "lr": lr, "loss": float(mean_loss), "top1": float(mean_top1),
+                         "images_per_s": len(window) * args.batch / max(now - window_start, 1e-9),
+                         "elapsed_s": now - start})
+            write_text(work_dir / "log.csv", rows_to_csv(rows))
+            bar.set_postfix(loss=f"{mean_loss:.4f}", top1=f"{mean_top1:.3f}", lr=f"{lr:.2e}")
+            window, window_start = [], now
+    bar.close()
+
+    moco.save_encoder(work_dir / "encoder.npz", iterations=args.iterations, batch_size=args.batch, size=args.size,
+                      lr=args.lr, weight_decay=args.weight_decay, seed=seed, data=str(paths[0].parent),
+                      num_images=len(images), first_loss=rows[0]["loss"], first_top1=rows[0]["top1"],
+                      final_loss=rows[-1]["loss"], final_top1=rows[-1]["top1"],
+                      train_time_s=time.perf_counter() - start)
+    print(f"loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}, top-1 {rows[0]['top1']:.3f} -> "
+          f"{rows[-1]['top1']:.3f} (first and last {args.log_interval}-step windows)")
+    print(f"encoder weights: {work_dir / 'encoder.npz'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main)

@@ -1,0 +1,226 @@
+"""MoCo v2: EMA key branch, FIFO queue, InfoNCE, augmentation, a short run on the synthetic data, checkpoints."""
+import math
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from jmedseg.checkpoint import save_checkpoint
+from jmedseg.data import synthetic_root
+from jmedseg.engine import build_optimizer
+from jmedseg.errors import CheckpointError, DataError
+from jmedseg.ssl import (KeyQueue, MoCo, MoCoAugment, TwoViewSampler, find_images, info_nce_loss,
+                         load_encoder_weights, load_images)
+from model_zoo import create_model
+from model_zoo.backend import jt
+
+
+def tiny_moco(base_channels=4, **kw):
+    jt.set_global_seed(0)
+    model = create_model("unet", base_channels=base_channels, depth=2)
+    return model, MoCo(model, dim=8, hidden_dim=16, queue_size=12, **kw)
+
+
+def random_views(rng, n=4, size=32):
+    return (rng.standard_normal((n, 3, size, size)).astype(np.float32),
+            rng.standard_normal((n, 3, size, size)).astype(np.float32))
+
+
+def trainable(branch):
+    return {name: var for name, var in branch.state_dict().items() if not var.is_stop_grad()}
+
+
+# -- key branch --------------------------------------------------------------------------------------
+def test_key_branch_starts_as_a_copy_and_never_gets_gradients():
+    _, moco = tiny_moco()
+    query, key = moco.query.state_dict(), moco.key.state_dict()
+    assert set(query) == set(key)
+    for name in query:
+        np.testing.assert_array_equal(key[name].numpy(), query[name].numpy())
+        assert key[name].is_stop_grad()
+    assert not {id(v) for v in key.values()} & {id(p) for p in moco.query_parameters()}
+
+    x = jt.array(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    loss, _ = info_nce_loss(moco.query(x), moco.key(x), moco.queue.keys, 0.2)
+    key_params = [key[name] for name in trainable(moco.query)]
+    query_params = list(trainable(moco.query).values())
+    grads = jt.grad(loss, key_params + query_params)
+    assert all(np.abs(g.numpy()).max() == 0 for g in grads[:len(key_params)])
+    assert any(np.abs(g.numpy()).max() > 0 for g in grads[len(key_params):])
+
+
+def test_key_branch_follows_the_ema_rule_exactly():
+    _, moco = tiny_moco(momentum=0.9)
+    optimizer = build_optimizer("sgd", moco.query_parameters(), lr=0.5, momentum=0.0)
+    rng = np.random.default_rng(1)
+    moco.train_step(*random_views(rng), optimizer)  # key = query_0; the query moves on
+    q0 = {n: v.numpy().copy() for n, v in trainable(moco.query).items()}
+    k0 = {n: moco.key.state_dict()[n].numpy().copy() for n in q0}
+    assert any(np.abs(q0[n] - k0[n]).max() > 1e-4 for n in q0)
+    moco.train_step(*random_views(rng), optimizer)
+    key = moco.key.state_dict()
+    for name in q0:
+        expected = 0.9 * k0[name].astype(np.float64) + 0.1 * q0[name].astype(np.float64)
+        np.testing.assert_allclose(key[name].numpy(), expected, rtol=1e-6, atol=1e-7, err_msg=name)
+        assert key[name].is_stop_grad()
+
+
+# -- queue and loss ------------------------------------------------------------------------------------
+def test_queue_is_fifo_and_holds_unit_keys():
+    queue = KeyQueue(size=5, dim=2, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(queue.keys, axis=1), 1, rtol=1e-6)
+    queue.enqueue([[3, 4], [0, 2]])
+    queue.enqueue([[-1, 0], [5, 0], [0, -3]])
+    queue.enqueue([[1, 1]])  # wraps around: overwrites the oldest key, [0.6, 0.8]
+    r = 1 / math.sqrt(2)
+    np.testing.assert_allclose(queue.ordered(), [[0, 1], [-1, 0], [1, 0], [0, -1], [r, r]], atol=1e-6)
+    assert queue.ptr == 1
+    queue.enqueue(np.arange(14, dtype=np.float32).reshape(7, 2) + 1)  # more than K: the last 5 stay
+    np.testing.assert_allclose(np.linalg.norm(queue.keys, axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(queue.ordered()[-1], np.array([13, 14]) / math.hypot(13, 14), rtol=1e-6)
+    np.testing.assert_allclose(queue.ordered()[0], np.array([5, 6]) / math.hypot(5, 6), rtol=1e-6)
+
+
+def test_info_nce_by_hand():
+    # q = k = e1 and negatives e2, e3 at tau 1: logits [1, 0, 0], loss log(e + 2) - 1.
+    eye = np.eye(3, dtype=np.float32)
+    loss, logits = info_nce_loss(jt.array(eye[:1]), jt.array(eye[:1]), eye[1:], 1.0)
+    np.testing.assert_allclose(logits.numpy(), [[1, 0, 0]], atol=1e-6)
+    assert loss.item() == pytest.approx(math.log(math.e + 2) - 1, rel=1e-5)
+
+
+def test_info_nce_matches_numpy():
+    rng = np.random.default_rng(2)
+
+    def unit(shape):
+        v = rng.standard_normal(shape)
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    q, k, negatives, tau = unit((3, 4)), unit((3, 4)), unit((5, 4)), 0.2
+    loss, logits = info_nce_loss(jt.array(q), jt.array(k), negatives, tau)
+    expected_logits = np.concatenate([(q * k).sum(1, keepdims=True), q @ negatives.T], axis=1) / tau
+    log_probs = expected_logits - np.log(np.exp(expected_logits).sum(1, keepdims=True))
+    np.testing.assert_allclose(logits.numpy(), expected_logits, rtol=1e-5, atol=1e-5)
+    assert loss.item() == pytest.approx(-log_probs[:, 0].mean(), rel=1e-5)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def test_augment_is_seeded_and_makes_different_views():
+    image = np.random.default_rng(3).standard_normal((50, 70, 3)).astype(np.float32)
+    augment = MoCoAugment(32)
+    a = augment(image, np.random.default_rng(4))
+    b = augment(image, np.random.default_rng(4))
+    c = augment(image, np.random.default_rng(5))
+    assert a.shape == (3, 32, 32) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0.1
+    gray = MoCoAugment(32)(image[:, :, :1], np.random.default_rng(6))
+    assert gray.shape == (1, 32, 32)
+
+
+def test_augment_without_randomness_is_a_resize():
+    # scale 1 with ratio exactly the image's, no jitter/blur/flip: the view is the image resized.
+    image = np.random.default_rng(7).standard_normal((64, 64, 3)).astype(np.float32)
+    augment = MoCoAugment(32, scale=(1, 1), ratio=(1, 1), jitter_p=0, gray_p=0, blur_p=0, flip_p=0)
+    expected = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+    np.testing.assert_allclose(augment(image, np.random.default_rng(0)), expected, atol=1e-6)
+
+
+def test_find_images_in_flat_and_split_folders(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("b.png", "a.jpg", ".hidden.png"):
+        cv2.imwrite(str(flat / name), np.full((40, 40, 3), 90, np.uint8))
+    (flat / "notes.txt").write_text("not an image")
+    assert [p.name for p in find_images(flat)] == ["a.jpg", "b.png"]
+    root = synthetic_root()
+    files = find_images(root, "train")
+    assert len(files) == 24 and files[0].parent == root / "train" / "images"
+    with pytest.raises(DataError, match="no image files"):
+        find_images(tmp_path)
+    with pytest.raises(DataError, match="not found"):
+        find_images(tmp_path / "missing")
+
+
+def test_sampler_gives_two_different_views_of_each_image():
+    images = [np.full((40, 40, 1), float(i), np.float32) for i in range(5)]
+    plain = MoCoAugment(16, jitter_p=0, gray_p=0, blur_p=0)
+    sampler = TwoViewSampler(images, batch_size=3, augment=plain, seed=0)
+    seen = []
+    for _ in range(5):  # 15 items = 3 epochs of 5 images
+        queries, keys = next(sampler)
+        assert queries.shape == keys.shape == (3, 1, 16, 16)
+        np.testing.assert_array_equal(queries[:, 0, 0, 0], keys[:, 0, 0, 0])  # same image in both views
+        seen += queries[:, 0, 0, 0].tolist()
+    assert sorted(seen) == sorted(list(range(5)) * 3)
+
+
+# -- training and checkpoints --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A tiny UNet encoder pretrained for 60 steps on the synthetic train images."""
+    with pytest.MonkeyPatch.context() as patch:  # the same private cache as conftest's autouse fixture
+        patch.setenv("JMEDSEG_CACHE", str(tmp_path_factory.getbasetemp() / "jmedseg-cache"))
+        images = load_images(find_images(synthetic_root(), "train"))
+    jt.set_global_seed(0)
+    model = create_model("unet", base_channels=8, depth=3)
+    moco = MoCo(model, dim=32, hidden_dim=64, queue_size=32, momentum=0.99, temperature=0.2, seed=0)
+    optimizer = build_optimizer("sgd", moco.query_parameters(), lr=0.05, weight_decay=1e-4, momentum=0.9)
+    sampler = TwoViewSampler(images, batch_size=16, augment=MoCoAugment(64), seed=0)
+    history = [moco.train_step(*next(sampler), optimizer) for _ in range(60)]
+    return model, moco, np.array(history)
+
+
+def test_short_run_learns_instance_discrimination(short_run):
+    _, _, history = short_run
+    first, last = history[:15].mean(axis=0), history[-15:].mean(axis=0)
+    assert np.isfinite(history).all()
+    assert last[0] < first[0] - 0.2, (first, last)
+    assert last[1] > first[1] + 0.1, (first, last)
+
+
+def test_encoder_weights_round_trip_strictly(short_run, tmp_path):
+    model, moco, _ = short_run
+    path = tmp_path / "encoder.npz"
+    moco.save_encoder(path, iterations=60)
+    jt.set_global_seed(1)
+    fresh = create_model("unet", base_channels=8, depth=3, num_classes=3)  # another head is fine
+    assert load_encoder_weights(fresh, path) == len(model.encoder.state_dict())
+    trained = model.encoder.state_dict()
+    for name, var in fresh.encoder.state_dict().items():
+        np.testing.assert_array_equal(var.numpy(), trained[name].numpy(), err_msg=name)
+
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        load_encoder_weights(create_model("unet", base_channels=4, depth=3), path)
+    with pytest.raises(CheckpointError, match="encoder of model 'unet'.*'attention_unet'"):
+        load_encoder_weights(create_model("attention_unet", base_channels=8, depth=3), path)
+    full = tmp_path / "full.npz"
+    save_checkpoint(full, model, {"model": {"name": "unet", "args": model.model_args}})
+    with pytest.raises(CheckpointError, match="not an encoder checkpoint"):
+        load_encoder_weights(fresh, full)
+
+
+# -- command line ---------------------------------------------------------------------------------------------
+def run_moco(*args):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "ssl_pretrain" / "moco.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=dict(os.environ))
+
+
+def test_command_line_writes_a_loadable_encoder(tmp_path):
+    proc = run_moco("--set", "model.args.base_channels=4", "model.args.depth=2", "--iterations", 3, "--batch", 4,
+                    "--size", 32, "--queue", 8, "--dim", 8, "--hidden-dim", 16, "--log-interval", 2,
+                    "--work-dir", tmp_path, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,lr,loss,top1,images_per_s,elapsed_s" and len(rows) == 3
+    model = create_model("unet", base_channels=4, depth=2)
+    assert load_encoder_weights(model, tmp_path / "encoder.npz") == len(model.encoder.state_dict())
+
+    proc = run_moco("--set", "model.args.base_channels=4", "--size", 40, "--work-dir", tmp_path / "bad")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: --size 40: the encoder of unet needs a multiple of 16 of at least 32"

@@ -1,0 +1,107 @@
+"""Interruption safety: SIGKILL mid-run + --resume equals an uninterrupted run; NaN losses."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from jmedseg.checkpoint import read_checkpoint
+from jmedseg.config import load_config
+from jmedseg.engine import Trainer
+
+SETTINGS = ["model.args={base_channels: 4, depth: 2}", "train.iterations=240", "train.batch_size=4",
+            "data.patch_size=48", "train.log_interval=10", "train.checkpoint_interval=20",
+            "train.val_interval=60", "eval.distances=false", "train.seed=3"]
+
+
+def train_cmd(*args):
+    return [sys.executable, str(REPO_ROOT / "tools" / "train.py"), "--no-progress", *map(str, args)]
+
+
+def losses(run):
+    with open(run / "log.csv") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("full")
+    subprocess.run(train_cmd("--work-dir", run, "--overwrite", "--set", *SETTINGS), check=True,
+                   capture_output=True, cwd=REPO_ROOT)
+    return run
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path):
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd("--work-dir", run, "--set", *SETTINGS), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "last.npz").exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = read_checkpoint(run / "last.npz")[0]["step"]
+    assert killed_at < 240, "the run finished before the kill; nothing was tested"
+
+    resumed = subprocess.run(train_cmd("--resume", run), capture_output=True, text=True, cwd=REPO_ROOT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run} at step {killed_at}" in resumed.stdout
+    expected, got = losses(uninterrupted), losses(run)
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    np.testing.assert_allclose([l for _, l in got], [l for _, l in expected], rtol=1e-5)
+    full = json.loads((uninterrupted / "test_report.json").read_text())["pooled"]
+    again = json.loads((run / "test_report.json").read_text())["pooled"]
+    assert again["dice"] == pytest.approx(full["dice"], abs=1e-6)
+
+
+def test_resume_refuses_weights_only_checkpoint(uninterrupted, tmp_path):
+    proc = subprocess.run(train_cmd("--resume", uninterrupted / "best.npz"), capture_output=True, text=True,
+                          cwd=REPO_ROOT)
+    assert proc.returncode == 2
+    assert "holds weights only" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _trainer(tmp_path, *extra):
+    cfg = load_config(None, SETTINGS + ["train.iterations=40", *extra])
+    return Trainer(cfg, tmp_path, progress=False)
+
+
+def _inject_nan(trainer, at_call):
+    from model_zoo.backend import jt
+
+    real, calls = trainer.loss_fn, {"n": 0}
+
+    def loss_fn(logits, target):
+        calls["n"] += 1
+        loss = real(logits, target)
+        return loss * float("nan") if calls["n"] == at_call else loss
+
+    trainer.loss_fn = loss_fn
+    return jt
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path)
+    _inject_nan(trainer, at_call=25)
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 25 .*last\.npz"):
+        trainer.train()
+    meta, _ = read_checkpoint(tmp_path / "last.npz")
+    assert meta["step"] == 20
+
+
+def test_nan_loss_retries_from_last_checkpoint_with_lower_lr(tmp_path):
+    trainer = _trainer(tmp_path, "train.nan_retries=1", "train.nan_lr_factor=0.5", "train.scheduler=constant")
+    _inject_nan(trainer, at_call=25)
+    trainer.train()
+    assert trainer.step == 40 and trainer.lr_scale == 0.5 and trainer.nan_retries_used == 1
+    rows = {r["step"]: r for r in trainer.log_rows}
+    assert rows[20]["lr"] == pytest.approx(1e-3) and rows[40]["lr"] == pytest.approx(5e-4)
+    assert all(np.isfinite(r["loss"]) for r in trainer.log_rows)

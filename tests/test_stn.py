@@ -1,0 +1,150 @@
+"""Spatial transformer front end: coordinate conventions, inverse round trip, identity start, gradients."""
+import math
+
+import numpy as np
+import pytest
+
+from model_zoo import create_model
+from model_zoo.backend import jt
+from model_zoo.stn import STNSegmenter, invert_affine, wrap_with_stn
+
+nn = jt.nn
+
+
+class PassThrough(nn.Module):
+    """An "identity segmenter": returns its input as logits and remembers it."""
+
+    size_divisor = 1
+    min_input_size = 1
+
+    def execute(self, x):
+        self.seen = x
+        return x
+
+
+class TwoOutputs(PassThrough):
+    """Deep-supervision stand-in: ``[x, 2x]`` in training mode."""
+
+    def execute(self, x):
+        return [x, 2 * x] if self.is_training() else x
+
+
+def set_theta(stn, theta):
+    """Make the localisation net predict ``theta`` (2 x 3) for every input."""
+    head = stn.localisation.theta
+    head.weight = jt.zeros(head.weight.shape, dtype="float32")
+    head.bias = jt.array(np.asarray(theta, np.float32).ravel())
+
+
+def smooth_image(h=72, w=88, channels=3):
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    planes = [np.sin(2 * math.pi * (1.0 + c) * xx) * np.cos(2 * math.pi * 1.5 * yy) + yy for c in range(channels)]
+    return np.stack(planes)[None].astype(np.float32)
+
+
+def test_translation_follows_the_affine_grid_convention():
+    # tx = 0.5 (normalised) is 0.5 * 88 / 2 = 22 pixels: the segmenter sees x[..., j + 22] at column j.
+    stn = STNSegmenter(PassThrough(), in_channels=3, localisation_size=32)
+    set_theta(stn, [[1, 0, 0.5], [0, 1, 0]])
+    x = np.random.default_rng(0).standard_normal((1, 3, 72, 88)).astype(np.float32)
+    out = stn(jt.array(x)).numpy()
+    seen = stn.model.seen.numpy()
+    np.testing.assert_allclose(seen[..., :66], x[..., 22:], atol=1e-4)
+    np.testing.assert_allclose(seen[..., 66:], 0, atol=1e-6)  # sampled outside the image: zero padding
+    # Back in the input frame: the covered columns are the input, the rest uniform logits (0).
+    np.testing.assert_allclose(out[..., 22:], x[..., 22:], atol=1e-4)
+    np.testing.assert_allclose(out[..., :22], 0, atol=1e-6)
+
+
+def test_round_trip_with_rotation_and_scale_recovers_the_input():
+    angle, scale = math.radians(15), 0.8
+    theta = [[scale * math.cos(angle), -scale * math.sin(angle), 0.05],
+             [scale * math.sin(angle), scale * math.cos(angle), -0.1]]
+    stn = STNSegmenter(PassThrough(), in_channels=3, localisation_size=32)
+    set_theta(stn, theta)
+    x = smooth_image()
+    out = stn(jt.array(x)).numpy()
+    assert out.shape == (1, 3, 72, 88)
+    centre = (slice(None), slice(None), slice(18, 54), slice(22, 66))
+    assert np.abs(out[centre] - x[centre]).max() < 0.05
+    assert np.abs(out[..., 0, 0]).max() == 0  # corners were cropped away by the zoom: zero logits
+
+
+def test_invert_affine_matches_the_homogeneous_inverse():
+    rng = np.random.default_rng(1)
+    theta = rng.uniform(-1, 1, (4, 2, 3)).astype(np.float32) + np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    inverse = invert_affine(jt.array(theta)).numpy()
+    for t, inv in zip(theta, inverse):
+        full = np.vstack([t, [0, 0, 1]]).astype(np.float64)
+        np.testing.assert_allclose(inv, np.linalg.inv(full)[:2], rtol=1e-4, atol=1e-5)
+
+
+def test_identity_start_reproduces_the_wrapped_model():
+    jt.set_global_seed(0)
+    model = create_model("unet", base_channels=4, depth=2)
+    stn = wrap_with_stn(model)
+    stn.eval()
+    x = jt.array(np.random.default_rng(2).standard_normal((2, 3, 72, 88)).astype(np.float32))
+    wrapped, direct = stn(x).numpy(), model(x).numpy()
+    assert wrapped.shape == (2, 2, 72, 88)
+    np.testing.assert_allclose(wrapped, direct, atol=1e-5)
+    assert stn.stn_penalty().item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_wrapper_follows_the_wrapped_model_at_72x88():
+    jt.set_global_seed(0)
+    model = create_model("unet", base_channels=4, depth=2)
+    stn = wrap_with_stn(model, localisation_size=32)
+    assert stn.get_encoder() is model.encoder
+    assert (stn.size_divisor, stn.min_input_size) == (model.size_divisor, model.min_input_size)
+    assert (stn.model_name, stn.model_args) == ("unet", model.model_args)
+    assert list(stn(jt.randn(2, 3, 72, 88)).shape) == [2, 2, 72, 88]
+
+
+def test_penalty_is_the_squared_distance_from_the_identity():
+    stn = STNSegmenter(PassThrough(), in_channels=3, localisation_size=32)
+    assert stn.stn_penalty().item() == 0.0
+    set_theta(stn, [[0.8, 0, 0.1], [0, 0.8, -0.2]])
+    stn(jt.array(np.repeat(smooth_image(), 2, axis=0)))
+    assert stn.stn_penalty().item() == pytest.approx(0.2 ** 2 + 0.1 ** 2 + 0.2 ** 2 + 0.2 ** 2, rel=1e-5)
+
+
+def test_deep_supervision_outputs_are_each_resampled():
+    stn = STNSegmenter(TwoOutputs(), in_channels=3, localisation_size=32)
+    set_theta(stn, [[1, 0, 0.5], [0, 1, 0]])
+    x = smooth_image()
+    main, aux = (o.numpy() for o in stn(jt.array(x)))
+    np.testing.assert_allclose(main[..., 22:], x[..., 22:], atol=1e-4)
+    np.testing.assert_allclose(aux[..., 22:], 2 * x[..., 22:], atol=1e-4)
+
+
+def test_gradients_reach_the_localisation_network():
+    jt.set_global_seed(0)
+    model = create_model("unet", base_channels=4, depth=2)
+    stn = wrap_with_stn(model, localisation_size=32)
+    rng = np.random.default_rng(3)
+    x = jt.array(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
+    target = jt.array(rng.standard_normal((2, 2, 64, 64)).astype(np.float32))
+    head, first_conv = stn.localisation.theta.weight, stn.localisation.features[0].weight
+
+    def grads():
+        loss = ((stn(x) - target) ** 2).mean() + 0.1 * stn.stn_penalty()
+        return loss, [g.numpy() for g in jt.grad(loss, [head, first_conv])]
+
+    loss, (g_head, g_conv) = grads()
+    assert np.abs(g_head).max() > 0
+    # The last layer starts at zero weights, so nothing flows further back before the first update.
+    assert np.abs(g_conv).max() == 0
+    optimizer = jt.optim.SGD(stn.parameters(), lr=0.1)
+    optimizer.step(loss)
+    _, (_, g_conv) = grads()
+    assert np.abs(g_conv).max() > 0
+
+
+def test_bad_arguments():
+    from model_zoo import ModelZooError
+
+    with pytest.raises(ModelZooError, match="localisation_size 4"):
+        STNSegmenter(PassThrough(), in_channels=3, localisation_size=4)
+    with pytest.raises(ModelZooError, match="in_channels"):
+        wrap_with_stn(PassThrough())
