@@ -321,8 +321,9 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 def gaussian_noise(image: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
     """Add independent Gaussian noise of standard deviation ``std`` (8-bit units) to every value."""
-    noise = rng.standard_normal(image.shape, dtype=np.float32)
-    return _to_uint8(image + noise * np.float32(std))
+    noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(std)
+    # OpenCV adds, rounds and saturates to uint8 in one pass.
+    return _with_channels(cv2.add(image, noise, dtype=cv2.CV_8U), image.shape[2])
 
 
 def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
@@ -399,8 +400,8 @@ def screen_photo(
         photo[:, :, channel] *= (1.0 + np.float32(moire) * pattern) * np.float32(gain)
     if blur > 0:
         photo = _with_channels(cv2.GaussianBlur(photo, (0, 0), blur, borderType=cv2.BORDER_REFLECT_101), channels)
-    photo += rng.standard_normal(photo.shape, dtype=np.float32) * np.float32(noise)
-    return _to_uint8(photo), mask, fov
+    grain = rng.standard_normal(photo.shape, dtype=np.float32) * np.float32(noise)
+    return _with_channels(cv2.add(photo, grain, dtype=cv2.CV_8U), channels), mask, fov
 
 
 # ----------------------------------------------------------------------------- op arguments

@@ -61,6 +61,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -76,9 +77,10 @@ from .config import DEFAULT_CONFIG_PATH, Config, _read_yaml, load_config
 from .errors import ConfigError, DataError
 from .io import atomic_write, write_json, write_text
 
-__all__ = ["Profile", "PlannedModel", "PROFILE_DIR", "STATUSES", "load_profile", "list_profiles",
-           "resolve_data_root", "model_config", "plan_benchmark", "run_benchmark", "run_worker",
-           "write_results", "draw_scatter", "draw_prediction_grid"]
+__all__ = ["Profile", "PlannedModel", "PROFILE_DIR", "STATUSES", "load_profile", "list_profiles", "import_plugins",
+           "resolve_data_root", "select_models", "model_args_for", "model_config", "plan_benchmark", "run_benchmark",
+           "run_worker", "write_results", "results_rows", "git_commit", "host_info", "draw_scatter",
+           "draw_prediction_grid"]
 
 PROFILE_DIR = REPO_ROOT / "configs" / "benchmark"
 STATUSES = ("ok", "collapsed", "nan", "failed", "timeout")
@@ -105,6 +107,7 @@ _ARG_CHOICES = ("tiny", "default")
 _QUALITY_METRICS = ("dice", "iou", "precision", "recall", "specificity", "auc")
 _DISTANCE_METRICS = ("hd95", "assd")
 _SHORT_REASON = 300
+_KILL_GRACE_S = 10
 
 
 # ----------------------------------------------------------------------------------- profiles
@@ -498,6 +501,11 @@ def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_s():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class _NonFinitePredictions(Exception):
     """The trained model predicts NaN or infinite probabilities."""
 
@@ -583,7 +591,8 @@ def run_worker(spec):
         ``status``/``reason`` and whatever was measured before a failure: ``params``, ``train_s``,
         ``train_images_per_s``, ``final_loss``, ``metrics`` (the evaluator's summary),
         ``foreground_fraction`` per test image, ``grid`` (test image -> prediction PNG relative to
-        the run folder), ``gflops``, ``infer_ms``, ``peak_rss_mib`` (process high-water mark) and
+        the run folder), ``gflops``, ``infer_ms``, ``cpu_s`` (CPU time of this process, compiling
+        kernels included), ``peak_rss_mib`` (process high-water mark) and
         ``rss_ready_mib`` (the same, once Jittor, the data and the model are loaded: before training).
     """
     from model_zoo import count_flops, count_parameters
@@ -623,7 +632,7 @@ def run_worker(spec):
     except Exception as err:  # any failure of this model is its result; the benchmark goes on
         traceback.print_exc()
         record.update(status="failed", reason=_one_line_error(err))
-    record["peak_rss_mib"] = _peak_rss_mib()
+    record.update(peak_rss_mib=_peak_rss_mib(), cpu_s=_cpu_s())
     return record
 
 
@@ -662,8 +671,12 @@ def _run_in_worker(spec, model_dir, timeout_s):
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(timeout=_KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             return {"status": "timeout", "reason": f"no result after {timeout_s / 60:.3g} min (timeout_min); "
                                                    f"the worker was killed"}
         except BaseException:  # Ctrl-C: stop the worker too before passing the interrupt on
@@ -718,6 +731,21 @@ def _utc_now():
 
 
 # ----------------------------------------------------------------------------------- running
+def _take_signals():
+    """Undo two of Jittor's signal handlers in this (parent) process.
+
+    Jittor's SIGCHLD handler ends the whole process as soon as any child dies of a signal, so a
+    worker killed at its time limit or by the OOM killer would end the benchmark; its SIGINT
+    handler exits at once, so Ctrl-C could not stop the running worker first. The default SIGCHLD
+    action and Python's KeyboardInterrupt are what the worker loop expects.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_benchmark(profile, data=None, models=None, work_dir="work_dirs/benchmark", out_dir="results",
                   force=False, retry_failed=False, command=None, log=print):
     """Train, score and time every selected model of ``profile``, then write the results.
@@ -737,14 +765,19 @@ def run_benchmark(profile, data=None, models=None, work_dir="work_dirs/benchmark
         dict with ``records`` (model -> record, every current result), ``ran`` and ``skipped``
         (selected models run now, and those that already had a result), ``run_dir`` and ``out_dir``.
     """
+    from model_zoo import backend
+
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     data_root = resolve_data_root(profile, data)
+    _take_signals()
     run_dir = Path(work_dir) / profile.name
     results_dir = Path(out_dir) / profile.name
     plan = plan_benchmark(profile, data_root, run_dir, models, force, retry_failed)
     _check_test_split(plan[0].config)
-    host = dict(host_info(), commit=git_commit())
+    # Workers inherit the environment this process set up for oneDNN and report it as "set by
+    # user"; this process knows how it was set up.
+    host = dict(host_info(), commit=git_commit(), onednn=backend.onednn_status)
     selected = select_models(profile, models)
     todo = [p for p in plan if p.run]
     log(f"benchmark {profile.name!r}: {len(selected)} of its {len(plan)} models selected, {len(todo)} to run, "
@@ -835,7 +868,7 @@ def results_rows(scored, unscored):
         row.update(params=record.get("params"), gflops=record.get("gflops"),
                    train_images_per_s=record.get("train_images_per_s"), infer_ms=record.get("infer_ms"),
                    peak_rss_mib=record.get("peak_rss_mib"), train_s=record.get("train_s"),
-                   wall_s=record.get("wall_s"), iterations=record.get("iterations"),
+                   wall_s=record.get("wall_s"), cpu_s=record.get("cpu_s"), iterations=record.get("iterations"),
                    args=json.dumps(record.get("args", {}), sort_keys=True), reason=record.get("reason") or "")
         rows.append({k: _csv_value(v) for k, v in row.items()})
     return rows
@@ -847,9 +880,10 @@ def _fmt(value, spec):
     return format(value, spec)
 
 
-def _md_table(header, rows):
+def _md_table(header, rows, left=2):
+    """A Markdown table; the first ``left`` columns are left-aligned, the others right-aligned."""
     lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
+             "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -900,19 +934,21 @@ def _readme(profile, plan, scored, unscored, data_root, command, grid_note, data
               f"{size}×{size} image (median of {profile.timing_runs} passes after {INFER_WARMUP} warm-up "
               "passes, synchronised); peak RSS of the model's own worker process, which includes Jittor's "
               "runtime, the training data and the weights (together: the RSS before training); wall time of "
-              "the worker (training, test, timing).", ""]
-    header = ["model", "args", "steps", "params (M)", "GFLOPs", "train img/s", "infer ms",
-              "peak RSS (MiB)", "RSS before training (MiB)", "train s", "wall s"]
+              "the worker (training, test, timing) and its CPU time (compiling Jittor's kernels "
+              "included).", ""]
+    header = ["model", "args", "steps", "params", "GFLOPs", "train img/s", "infer ms",
+              "peak RSS (MiB)", "RSS before training (MiB)", "train s", "wall s", "CPU s"]
     rows = [[f"`{r['model']}`", f"`{json.dumps(r.get('args', {}), sort_keys=True)}`", _fmt(r.get("iterations"), "d"),
-             _fmt(r["params"] / 1e6 if r.get("params") is not None else None, ".3g"), _fmt(r.get("gflops"), ".3g"),
+             _fmt(r.get("params"), ","), _fmt(r.get("gflops"), ".3g"),
              _fmt(r.get("train_images_per_s"), ".1f"), _fmt(r.get("infer_ms"), ".1f"),
              _fmt(r.get("peak_rss_mib"), ".0f"), _fmt(r.get("rss_ready_mib"), ".0f"),
-             _fmt(r.get("train_s"), ".0f"), _fmt(r.get("wall_s"), ".0f")] for r in records]
+             _fmt(r.get("train_s"), ".0f"), _fmt(r.get("wall_s"), ".0f"), _fmt(r.get("cpu_s"), ".0f")]
+            for r in records]
     lines += [_md_table(header, rows) if rows else "No model has finished yet.", ""]
     problems = [r for r in records if r["status"] != "ok"]
     if problems:
-        lines += ["## Failures", "", _md_table(["model", "status", "reason"],
-                                               [[f"`{r['model']}`", r["status"], r["reason"]] for r in problems]), ""]
+        rows = [[f"`{r['model']}`", r["status"], r["reason"]] for r in problems]
+        lines += ["## Failures", "", _md_table(["model", "status", "reason"], rows, left=3), ""]
     missing = [p for p in plan if p.record is None or p.state == "stale"]
     if missing:
         lines += ["## Not in the tables", "",
@@ -921,9 +957,10 @@ def _readme(profile, plan, scored, unscored, data_root, command, grid_note, data
     lines += ["## Figures", "", "![test Dice against GFLOPs](dice_vs_gflops.png)", "", grid_note, ""]
 
     commits = _unique(r.get("host", {}).get("commit") for r in records)
-    hosts = _unique(json.dumps({k: v for k, v in r["host"].items() if k != "commit"}, sort_keys=True)
+    hosts = _unique(json.dumps({k: v for k, v in r["host"].items() if k not in ("commit", "onednn")}, sort_keys=True)
                     for r in records if r.get("host"))
-    devices = _unique(f"{r.get('device')} (oneDNN {r.get('onednn')})" for r in records if r.get("device"))
+    devices = _unique(f"{r['device']} (oneDNN {r.get('host', {}).get('onednn', r.get('onednn'))})"
+                      for r in records if r.get("device"))
     dates = sorted(_unique(r.get("finished") for r in records))
     reproduce = ["python", "tools/benchmark_all.py", "--profile",
                  profile.name if profile.path.parent == PROFILE_DIR else _rel(profile.path)]
@@ -940,7 +977,7 @@ def _readme(profile, plan, scored, unscored, data_root, command, grid_note, data
         lines.append(f"- Hardware: {h.get('cpu')}, {h.get('usable_cores')} usable of {h.get('cores')} cores, "
                      f"{h.get('ram_gib')} GiB RAM; Python {h.get('python')}")
     jittor = _unique(r.get("jittor") for r in records)
-    lines += [f"- Jittor: {', '.join(jittor) or 'unknown'}; device: {', '.join(devices) or 'unknown'}",
+    lines += [f"- Jittor: {', '.join(jittor) or 'unknown'}; device: {'; '.join(devices) or 'unknown'}",
               f"- Date: {dates[0] if dates else 'unknown'}" + (f" to {dates[-1]}" if len(dates) > 1 else ""),
               "", f"## Profile `{_rel(profile.path)}`", "", "```yaml", profile.text.rstrip(), "```", "",
               f"Resolved training config of `{plan[0].name}` (the others differ in `model.name`, "
@@ -995,6 +1032,7 @@ def _write_png(path, image):
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _INK = (40, 40, 40)
 _GRID = (225, 225, 225)
+_MINOR_INK = (110, 110, 110)
 _OK_COLOUR = (180, 100, 30)       # BGR blue
 _BAD_COLOUR = (40, 40, 210)       # BGR red
 _TP, _FP, _FN = (255, 255, 255), (60, 60, 230), (230, 150, 40)   # BGR: white, red, blue
@@ -1050,6 +1088,9 @@ def draw_scatter(points, title, xlabel, ylabel, size=(1000, 640)):
             for m in range(2, 10):
                 xm, _ = to_px(m * 10.0 ** k, y_lo)
                 cv2.line(img, (xm, top + plot_h), (xm, top + plot_h - 5), _INK, 1)
+                if m in (2, 5) and x_hi - x_lo <= 2:  # few decades: label 2 and 5 too
+                    label = f"{m * 10.0 ** k:g}"
+                    _put(img, label, (xm - _text_wh(label, 0.4)[0] / 2, top + plot_h + 18), 0.4, _MINOR_INK)
     step = 0.1 if y_hi - y_lo > 0.35 else 0.05
     for i in range(int(round((y_hi - y_lo) / step)) + 1):
         value = y_lo + i * step
@@ -1069,12 +1110,15 @@ def draw_scatter(points, title, xlabel, ylabel, size=(1000, 640)):
         placed.append((cx - 6, cy - 6, cx + 6, cy + 6))
     for (cx, cy), (label, _, _, highlighted) in zip(centres, points):
         w, h = _text_wh(label, 0.42)
+        # Beside the point first, then above and below, then further away; failing all, the spot
+        # that covers the fewest labels and points.
         candidates = [(cx + 8, cy - 4), (cx + 8, cy + h + 2), (cx - w - 8, cy - 4), (cx - w - 8, cy + h + 2),
                       (cx - w / 2, cy - 10), (cx - w / 2, cy + h + 8)]
+        candidates += [(x, y + dy) for dy in (-h - 4, h + 4) for x, y in candidates[:4]]
         boxes = [(x, y - h, x + w, y + 2) for x, y in candidates]
         inside = [b for b in boxes if b[0] >= left + 2 and b[2] <= left + plot_w - 2
                   and b[1] >= top + 2 and b[3] <= top + plot_h - 2] or boxes
-        box = next((b for b in inside if not any(_overlaps(b, o) for o in placed)), inside[0])
+        box = min(inside, key=lambda b: sum(_overlaps(b, o) for o in placed))
         placed.append(box)
         _put(img, label, (box[0], box[3] - 2), 0.42, _INK if highlighted else _BAD_COLOUR)
 

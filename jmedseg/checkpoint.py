@@ -115,17 +115,21 @@ def load_optimizer_state(optimizer, arrays, meta, source="checkpoint"):
 
 
 def load_checkpoint(path):
-    """Build the model a checkpoint describes and load its weights strictly.
+    """Build the model a checkpoint describes (wrapped in its STN when it was trained with one) and
+    load its weights strictly.
 
     Returns ``(model, meta)``; the model is in eval mode.
     """
     from model_zoo import ModelZooError, create_model
+    from model_zoo.stn import wrap_with_stn
 
     meta, arrays = read_checkpoint(path)
     spec = meta["model"]
     try:
         model = create_model(spec["name"], **spec.get("args", {}))
-    except ModelZooError as err:
+        if spec.get("stn"):
+            model = wrap_with_stn(model)
+    except (ModelZooError, TypeError) as err:
         raise CheckpointError(f"{path}: metadata describes a model that cannot be built: {err}") from None
     load_model_state(model, arrays, source=str(path))
     model.eval()

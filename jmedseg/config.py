@@ -46,6 +46,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 NULLABLE: dict[str, type | tuple[type, ...]] = {
     "data.root": str,
+    "model.ssl": str,
     "data.val_split": str,
     "data.test_split": str,
     "data.augment": (str, list),
@@ -179,6 +180,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "train.checkpoint_interval": _in_range(1),
     "train.nan_retries": _in_range(0),
     "train.nan_lr_factor": _in_range(0, 1, lo_open=True, hi_open=True),
+    "train.stn_penalty": _in_range(0),
     "eval.threshold": _in_range(0, 1),
     "eval.tile_size": _in_range(32),
     "eval.tile_overlap": _in_range(0, 1, hi_open=True),

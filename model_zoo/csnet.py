@@ -22,12 +22,12 @@ import math
 
 from .backend import jt
 from .base import SegmentationModel
-from .layers import ConvBNReLU, PooledEncoder, UpConcat
+from .layers import ChannelAttention, ConvBNReLU, PooledEncoder, UpConcat
 from .registry import ModelZooError, register_model
 
 nn = jt.nn
 
-__all__ = ["CSNet", "CSNetEncoder", "ResidualBlock", "SpatialAttention", "ChannelAttention"]
+__all__ = ["CSNet", "CSNetEncoder", "ResidualBlock", "SpatialAttention"]
 
 
 class ResidualBlock(nn.Module):
@@ -73,33 +73,6 @@ class SpatialAttention(nn.Module):
     def matmul_flops(channels, pixels):
         """FLOPs (2 x multiply-adds) of the two matrix products for one image."""
         return 2 * pixels * pixels * (max(1, channels // 8) + channels)
-
-
-class ChannelAttention(nn.Module):
-    """Channel self-attention: every channel is a softmax-weighted sum of all channels.
-
-    ``out = x + gamma * A X`` with ``X`` the ``C x HW`` features and
-    ``A = softmax_j(max_k(X X^T)_ik - (X X^T)_ij)``: subtracting from the row maximum gives the
-    largest weights to the least similar channels, as in DANet and the CS-Net reference code.
-    ``gamma`` is a learned scalar, initially ``gamma_init``.
-    """
-
-    def __init__(self, gamma_init=0.0):
-        super().__init__()
-        self.gamma = jt.full((1,), float(gamma_init))
-
-    def execute(self, x):
-        n, c, h, w = x.shape
-        flat = x.reshape(n, c, h * w)
-        energy = nn.bmm(flat, flat.transpose(0, 2, 1))                   # N x C x C
-        affinity = nn.softmax(energy.max(dim=2, keepdims=True) - energy, dim=2)
-        attended = nn.bmm(affinity, flat).reshape(n, c, h, w)
-        return x + self.gamma * attended
-
-    @staticmethod
-    def matmul_flops(channels, pixels):
-        """FLOPs (2 x multiply-adds) of the two matrix products for one image."""
-        return 2 * 2 * channels * channels * pixels
 
 
 class CSNetEncoder(PooledEncoder):

@@ -101,7 +101,8 @@ def ocrnet(in_channels=3, num_classes=2, backbone="hrnet_w48", width=None, ocr_c
 
 
 @register_model(tiny={"backbone": "hrnet_w18_small_v1", "width": 4, "ocr_channels": 16, "key_channels": 8})
-def ocrnet_w18(in_channels=3, num_classes=2, backbone="hrnet_w18", width=None, ocr_channels=512, key_channels=256,
+def ocrnet_w18(in_channels=3, num_classes=2, backbone="hrnet_w18", width=None, ocr_channels=256, key_channels=128,
                aux_head=True, dropout=0.05):
-    """Light OCRNet: HRNetV2-W18 backbone, 512/256 OCR widths (MMSegmentation's ``ocrnet_hr18``)."""
+    """Light OCRNet: HRNetV2-W18 backbone, OCR widths halved to 256/128 (MMSegmentation's ``ocrnet_hr18``
+    keeps 512/256: pass ``ocr_channels=512, key_channels=256``)."""
     return OCRNet(in_channels, num_classes, backbone, width, ocr_channels, key_channels, aux_head, dropout)

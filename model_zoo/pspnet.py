@@ -11,26 +11,12 @@ of three 3x3 convs.
 from .backbones import create_backbone
 from .backend import jt
 from .base import SegmentationModel
-from .layers import ConvBNReLU, PyramidPooling
+from .layers import FCNHead, PyramidPooling
 from .registry import ModelZooError, register_model
 
 nn = jt.nn
 
-__all__ = ["FCNHead", "PSPNet"]
-
-
-class FCNHead(nn.Sequential):
-    """A 3x3 conv-BN-ReLU, channel dropout and a 1x1 conv to class logits.
-
-    Args:
-        in_channels: input width.
-        channels: width of the 3x3 conv.
-        num_classes: output channels (logits).
-        dropout: probability of ``Dropout2d`` before the classifier.
-    """
-
-    def __init__(self, in_channels, channels, num_classes, dropout=0.1):
-        super().__init__(ConvBNReLU(in_channels, channels), nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1))
+__all__ = ["PSPNet"]
 
 
 class PSPNet(SegmentationModel):

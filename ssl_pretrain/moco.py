@@ -65,6 +65,10 @@ def main(argv):
     parser.add_argument("--hidden-dim", type=positive(int), default=2048, help="projection hidden width")
     parser.add_argument("--bn-splits", type=positive(int), default=2,
                         help="BatchNorm chunks per batch emulating shuffle BN (1: off)")
+    parser.add_argument("--min-scale", type=positive(float), default=0.2,
+                        help="smallest random-crop area, as a fraction of the image (MoCo v2: 0.2)")
+    parser.add_argument("--no-colour", action="store_true",
+                        help="crops and flips only: no colour jitter, grayscale or blur")
     parser.add_argument("--lr", type=positive(float), default=0.03, help="peak SGD learning rate (cosine)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     parser.add_argument("--log-interval", type=positive(int), default=10,
@@ -75,6 +79,8 @@ def main(argv):
     cfg = config_from_args(args)
     if not 0 <= args.momentum < 1:
         raise ConfigError(f"--momentum: must be in [0, 1), got {args.momentum}")
+    if args.min_scale > 1:
+        raise ConfigError(f"--min-scale: must be in (0, 1], got {args.min_scale}")
     if args.batch % args.bn_splits:
         raise ConfigError(f"--batch {args.batch}: must be a multiple of --bn-splits {args.bn_splits}")
 
@@ -104,7 +110,9 @@ def main(argv):
                           f"of at least {minimum}")
     moco = MoCo(model, dim=args.dim, hidden_dim=args.hidden_dim, queue_size=args.queue, momentum=args.momentum,
                 temperature=args.temperature, bn_splits=args.bn_splits, seed=seed)
-    sampler = iter(TwoViewSampler(images, args.batch, MoCoAugment(args.size), seed=seed))
+    colour_off = dict(jitter_p=0, gray_p=0, blur_p=0) if args.no_colour else {}
+    augment = MoCoAugment(args.size, scale=(args.min_scale, 1.0), **colour_off)
+    sampler = iter(TwoViewSampler(images, args.batch, augment, seed=seed))
     optimizer = build_optimizer("sgd", moco.query_parameters(), args.lr, args.weight_decay, momentum=0.9)
     schedule = LRSchedule("cosine", args.lr, args.iterations)
     work_dir = pick_work_dir(args.work_dir, m.name)
@@ -142,7 +150,8 @@ def main(argv):
     bar.close()
 
     moco.save_encoder(work_dir / "encoder.npz", iterations=args.iterations, batch_size=args.batch, size=args.size,
-                      lr=args.lr, weight_decay=args.weight_decay, seed=seed, data=str(paths[0].parent),
+                      lr=args.lr, weight_decay=args.weight_decay, min_scale=args.min_scale,
+                      colour_augment=not args.no_colour, seed=seed, data=str(paths[0].parent),
                       num_images=len(images), first_loss=rows[0]["loss"], first_top1=rows[0]["top1"],
                       final_loss=rows[-1]["loss"], final_top1=rows[-1]["top1"],
                       train_time_s=time.perf_counter() - start)

@@ -5,7 +5,8 @@ import pytest
 
 from model_zoo import ModelZooError, count_parameters, create_model
 from model_zoo.backend import jt
-from model_zoo.danet import ChannelAttention, PositionAttention
+from model_zoo.danet import PositionAttention
+from model_zoo.layers import ChannelAttention
 from model_zoo.layers import ExternalAttention
 from model_zoo.lrf_eanet import LRFEncoder, group_norm
 from model_zoo.ocnet import ASPOC, ObjectContextBlock
@@ -154,6 +155,20 @@ def test_ocnet_extra_flops_count_the_object_context_products():
     base = create_model("ocnet_r18", context="base", head_channels=16)
     assert base.extra_flops((1, 3, 64, 64)) == 2 * 64 * 64 * 16
     assert base.extra_flops((2, 3, 72, 88)) == 2 * 2 * 99 * 99 * 16
+
+
+@pytest.mark.parametrize("name,args", [("danet_r18", {"gamma_init": 0.1}), ("ocnet_r18", {"zero_init": False})])
+def test_auxiliary_outputs_train_every_parameter(name, args):
+    # The registry-wide tests build these without auxiliary outputs; with them, the summed losses
+    # of all outputs must reach every parameter.
+    jt.set_global_seed(0)
+    model = create_model(name, head_channels=16, **args)
+    model.train()
+    outputs = model(_input((2, 3, 64, 64)))
+    weights = _input((2, 2, 64, 64), seed=1)
+    params = [p for p in model.parameters() if not p.name().endswith(("running_mean", "running_var"))]
+    grads = jt.grad(sum((o * weights).mean() for o in outputs), params)
+    assert not [p.name() for p, g in zip(params, grads) if not np.abs(g.numpy()).sum() > 0]
 
 
 # ---- external attention and EANet ---------------------------------------------------------------

@@ -7,7 +7,8 @@ from jmedseg.config import CHOICES, DEFAULT_CONFIG_PATH, NULLABLE, Config, load_
 from jmedseg.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-SHIPPED_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+# Benchmark profiles (configs/benchmark/) are not training configs; jmedseg.benchmark validates them.
+SHIPPED_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "benchmark" not in p.relative_to(CONFIG_DIR).parts)
 
 
 def write(path: Path, text: str) -> Path:

@@ -105,9 +105,10 @@ def test_the_random_part_depends_on_seed_and_image_name_not_on_severity():
 def test_a_perfect_segmenter_stays_perfect_under_geometric_corruptions(name):
     # The image shows the mask itself, so thresholding the corrupted image is a perfect model
     # exactly when the benchmark moves mask and FOV with the image.
-    mask = np.zeros((64, 64), np.int64)
+    mask = np.zeros((64, 64), np.uint8)
     cv2.circle(mask, (24, 30), 12, 1, -1)
     cv2.rectangle(mask, (40, 8), (58, 50), 1, -1)
+    mask = mask.astype(np.int64)
     image = np.repeat((mask * 255).astype(np.uint8)[:, :, None], 3, axis=2)
     for severity in SEVERITIES:
         out = corrupt(Sample("shapes", image, mask, None), name, severity, seed=2)

@@ -193,7 +193,7 @@ def test_ocr_head_parameter_count():
     fuse = 1024 * 512 + 2 * 512
     classifier = 512 * 19 + 19
     expected = reduce + f_pixel + f_object + f_down + f_up + fuse + classifier
-    ocr = count_parameters(create_model("ocrnet_w18", num_classes=19))
+    ocr = count_parameters(create_model("ocrnet_w18", num_classes=19, ocr_channels=512, key_channels=256))
     assert ocr - count_parameters(create_model("hrnet_w18", num_classes=19)) == expected
 
 

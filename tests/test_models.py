@@ -54,8 +54,8 @@ def test_train_eval_switching(name):
     model.train()
     params = [p for p in model.parameters() if not p.name().endswith(("running_mean", "running_var"))]
     out = model(x)
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    grads = jt.grad((out * out).mean(), params)
+    outputs = out if isinstance(out, (list, tuple)) else [out]
+    grads = jt.grad(sum((o * o).mean() for o in outputs), params)
     frozen = [p.name() for p, g in zip(params, grads) if not np.abs(g.numpy()).sum() > 0]
     assert not frozen, f"gradients stay frozen after eval() -> train(): {frozen[:5]}"
 

@@ -1,7 +1,6 @@
 """Interruption safety: SIGKILL mid-run + --resume equals an uninterrupted run; NaN losses."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -93,7 +93,7 @@ def test_segnet_encoder_encode_returns_five_index_maps():
 
 @pytest.mark.parametrize("name", ["segnet", "hardnet_mseg", "dlinknet"])
 def test_smallest_and_non_square_inputs(name):
-    # 32 px leaves a 2x2 map before the last 2x2 pool, which Jittor's MaxPool2d would refuse.
+    # 32 px leaves a 2x2 map before the last 2x2 pool of SegNet and HarDNet, which Jittor's MaxPool2d refuses.
     model = create_model(name, **{"segnet": {"base_channels": 4}, "hardnet_mseg": {"decoder_channels": 4},
                                   "dlinknet": {"encoder": "resnet18"}}[name])
     model.eval()
@@ -197,6 +197,8 @@ def test_receptive_field_block_parameters_and_shape():
 
 def test_partial_decoder_resolution_and_gating():
     decoder, fine = PartialDecoder(4, 3), PartialDecoder(4, 3, fine_level=True)
+    decoder.eval()  # before any pass, so BatchNorm keeps its initial statistics (used below)
+    fine.eval()
     x1, x2, x3, x4 = (_input((1, 4, s, s), seed=s) for s in (2, 4, 8, 16))
     assert list(decoder(x1, x2, x3).shape) == [1, 3, 8, 8]
     assert list(fine(x1, x2, x3, x4).shape) == [1, 3, 16, 16]
@@ -204,8 +206,6 @@ def test_partial_decoder_resolution_and_gating():
         fine(x1, x2, x3)
     # Fresh BatchNorm in eval mode maps 0 to 0, so a zero deepest map zeroes every ConvBN of it:
     # x2 and x3 only enter multiplied by it, x4 (altered variant) is concatenated, not gated.
-    decoder.eval()
-    fine.eval()
     zero = jt.zeros(x1.shape)
     np.testing.assert_array_equal(decoder(zero, x2, x3).numpy(), decoder(zero, 5 * x2, -x3).numpy())
     np.testing.assert_array_equal(fine(zero, x2, x3, x4).numpy(), fine(zero, 5 * x2, -x3, x4).numpy())

@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 
 from model_zoo import ModelZooError, count_parameters, create_model
+from model_zoo.backbones.pretrained import load_pretrained
 from model_zoo.backbones.vit import Attention, VisionTransformer, vit_base_patch16, vit_light_patch16
 from model_zoo.backend import jt
 from model_zoo.setr import SETR, MLANeck
+from test_pretrained import write_state
 
 nn = jt.nn
 
@@ -48,6 +50,17 @@ def test_auxiliary_outputs_in_training_only(decoder, num_aux):
     plain.train()
     assert not isinstance(plain(x), (list, tuple))
     assert len(plain.aux_heads) == 0
+
+
+@pytest.mark.parametrize("decoder", ["naive", "pup", "mla"])
+def test_every_parameter_learns_with_auxiliary_heads(decoder):
+    model = _tiny(decoder)
+    model.train()
+    outputs = model(_input((2, 3, 32, 32)))
+    loss = sum((o * o).mean() for o in outputs)
+    params = [p for p in model.parameters() if not p.name().endswith(("running_mean", "running_var"))]
+    dead = [p.name() for p, g in zip(params, jt.grad(loss, params)) if not np.abs(g.numpy()).sum() > 0]
+    assert not dead
 
 
 def test_decoder_resolutions():
@@ -138,6 +151,20 @@ def test_attention_flops():
     # 4 blocks x (q k^T + attn v) = 4 x 2 x 2 x L^2 x C with L = 1 + patches, C = 16.
     assert model.extra_flops((1, 3, 64, 64)) == 4 * 4 * 17 ** 2 * 16
     assert model.extra_flops((2, 3, 72, 88)) == 2 * 4 * 4 * 31 ** 2 * 16  # padded to 80x96: 5x6 patches
+
+
+def test_encoder_loads_timm_vit_weights(tmp_path):
+    # A timm ViT checkpoint (with its final norm and head) loads into SETR's encoder with norm.* ignored.
+    timm_like = VisionTransformer(in_channels=3, embed_dim=16, depth=4, num_heads=2, img_size=64)
+    state = {k: v.numpy() for k, v in timm_like.state_dict().items()}
+    state["head.weight"], state["head.bias"] = np.zeros((10, 16), "float32"), np.zeros(10, "float32")
+    path = write_state(tmp_path / "vit.pth", state)
+    model = _tiny("pup")
+    with pytest.raises(ModelZooError, match="unexpected: norm.bias, norm.weight"):
+        load_pretrained(model.get_encoder(), path)
+    skipped = load_pretrained(model.get_encoder(), path, ignore=("norm.*",))
+    assert skipped == ["head.bias", "head.weight", "norm.bias", "norm.weight"]
+    np.testing.assert_array_equal(model.encoder.blocks[3].attn.qkv.weight.numpy(), state["blocks.3.attn.qkv.weight"])
 
 
 def test_vit_parameter_counts():

@@ -50,10 +50,10 @@ def test_translation_follows_the_affine_grid_convention():
     out = stn(jt.array(x)).numpy()
     seen = stn.model.seen.numpy()
     np.testing.assert_allclose(seen[..., :66], x[..., 22:], atol=1e-4)
-    np.testing.assert_allclose(seen[..., 66:], 0, atol=1e-6)  # sampled outside the image: zero padding
+    np.testing.assert_allclose(seen[..., 66:], 0, atol=1e-4)  # sampled outside the image: zero padding
     # Back in the input frame: the covered columns are the input, the rest uniform logits (0).
     np.testing.assert_allclose(out[..., 22:], x[..., 22:], atol=1e-4)
-    np.testing.assert_allclose(out[..., :22], 0, atol=1e-6)
+    np.testing.assert_allclose(out[..., :22], 0, atol=1e-4)
 
 
 def test_round_trip_with_rotation_and_scale_recovers_the_input():

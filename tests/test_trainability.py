@@ -3,6 +3,9 @@
 Budget: the model's ``tiny`` arguments, 200 Adam steps (lr 2e-3, poly) of 8 random 64x64 patches,
 CE + Dice. Pass: pooled test Dice ≥ 0.55 and at least 0.3 above the all-foreground predictor
 (the all-background predictor scores 0). A network that collapses fails here.
+
+Marked ``slow`` (about 20 minutes for the whole registry on 2 CPU cores), so the default suite
+skips it; run it with ``python -m pytest -q -s -m slow tests/test_trainability.py``.
 """
 import json
 
@@ -26,6 +29,7 @@ def all_foreground_dice():
     return dice(np.ones_like(gt), gt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_trains_above_trivial_predictors(name, tmp_path, all_foreground_dice):
     cfg = load_config(None, [f"model.name={name}", f"model.args={json.dumps(tiny_args(name))}",

@@ -4,7 +4,8 @@ import pytest
 
 from model_zoo import InputSizeError, ModelZooError, count_flops, count_parameters, create_model
 from model_zoo.backend import jt
-from model_zoo.csnet import ChannelAttention, SpatialAttention
+from model_zoo.csnet import SpatialAttention
+from model_zoo.layers import ChannelAttention
 from model_zoo.layers import ChannelSE, SpatialChannelSE, SpatialSE, SqueezeExcite
 from model_zoo.u2net import RSU
 

@@ -29,12 +29,46 @@ def pick_work_dir(cfg, requested, overwrite):
     return path
 
 
+def cached_ssl_encoder(cfg):
+    """Encoder weights for ``--sas`` without ``--ssl``: MoCo-pretrain once per model/data/seed, then reuse."""
+    import hashlib
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from jmedseg.cli import REPO_ROOT
+
+    m, d = cfg.model, cfg.data
+    key = json.dumps([m.name, dict(m.args), m.in_channels, d.root, d.preprocess, cfg.train.seed], sort_keys=True)
+    cache = Path(os.environ.get("JMEDSEG_CACHE") or Path.home() / ".cache" / "jmedseg")
+    folder = cache / "ssl" / f"{m.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    encoder = folder / "encoder.npz"
+    if encoder.exists():
+        print(f"SSL encoder (cached): {encoder}")
+        return encoder
+    print(f"SSL encoder: MoCo pretraining {m.name} first (cached in {folder})")
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg.dump(folder / "config.yaml")
+    command = [sys.executable, str(REPO_ROOT / "ssl_pretrain" / "moco.py"), "--config", str(folder / "config.yaml"),
+               "--work-dir", str(folder), "--no-progress"]
+    if subprocess.run(command).returncode != 0 or not encoder.exists():
+        raise ConfigError(f"{folder}: MoCo pretraining failed; run ssl_pretrain/moco.py yourself and pass --ssl")
+    return encoder
+
+
 def main(argv):
     parser = new_parser(__doc__.splitlines()[0])
     add_config_args(parser)
     parser.add_argument("--work-dir", help="run folder (default: work_dirs/<config>_<dataset>)")
     parser.add_argument("--overwrite", action="store_true", help="reuse a run folder that holds a run")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--aug", nargs="?", const="sas", metavar="PIPELINE",
+                        help="augmentation pipeline: a preset (default: sas) or a YAML file (data.augment)")
+    parser.add_argument("--stn", action="store_true", help="spatial transformer front end (model.stn)")
+    parser.add_argument("--ssl", metavar="ENCODER", help="encoder weights from ssl_pretrain/moco.py (model.ssl)")
+    parser.add_argument("--sas", action="store_true", help="SAS: --aug sas + --stn + SSL encoder (--ssl, or MoCo "
+                        "pretraining run first and cached)")
     parser.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its folder (or its "
                         "last.npz) with its saved config; --set may change e.g. train.lr")
     args = parser.parse_args(argv)
@@ -53,13 +87,25 @@ def main(argv):
         step = trainer.resume(run if run.is_file() else None)
         print(f"resuming {work_dir} at step {step}")
     else:
+        args.set = list(args.set)
+        if args.aug or args.sas:
+            args.set.append(f"data.augment={args.aug or 'sas'}")
+        if args.stn or args.sas:
+            args.set.append("model.stn=true")
+        if args.ssl:
+            args.set.append(f"model.ssl={Path(args.ssl).resolve()}")
         cfg = config_from_args(args)
+        if args.sas and not args.ssl:
+            args.set.append(f"model.ssl={cached_ssl_encoder(cfg)}")
+            cfg = config_from_args(args)
         work_dir = pick_work_dir(cfg, args.work_dir, args.overwrite)
         try:
             work_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ConfigError(f"{work_dir}: cannot create the run folder ({err.strerror})") from None
         trainer = Trainer(cfg, work_dir, progress=not args.no_progress)
+    if trainer.ssl_tensors:
+        print(f"loaded {trainer.ssl_tensors} encoder tensors from {cfg.model.ssl}")
     ds = trainer.datasets
     print(f"run folder: {work_dir}")
     print(f"model {cfg.model.name} ({count_parameters(trainer.model) / 1e6:.2f} M params) "

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model_zoo import create_model
+from model_zoo.stn import wrap_with_stn
 from model_zoo.backend import jt, set_device
 
 from ..checkpoint import (load_checkpoint, load_model_state, load_optimizer_state, read_checkpoint,
@@ -23,6 +24,7 @@ from ..data import TrainSampler, build_datasets
 from ..errors import CheckpointError, ConfigError
 from ..io import write_json, write_text
 from ..losses import DeepSupervisionLoss, build_loss
+from ..ssl import load_encoder_weights
 from .evaluate import evaluate
 from .schedule import LRSchedule, set_lr
 
@@ -77,9 +79,14 @@ class Trainer:
             val_fraction=d.val_fraction, val_seed=d.val_seed, num_classes=self.num_classes,
             in_channels=m.in_channels, preprocess=d.preprocess)
         self.model = create_model(m.name, in_channels=m.in_channels, num_classes=m.num_classes, **dict(m.args))
+        self.model_spec = {"name": m.name, "args": dict(self.model.model_args), "stn": bool(m.stn)}
+        self.ssl_tensors = load_encoder_weights(self.model, m.ssl) if m.ssl else 0
+        if m.stn:
+            self.model = wrap_with_stn(self.model)
         self.sampler = TrainSampler(self.datasets["train"], batch_size=t.batch_size, mode=d.mode,
                                     patch_size=d.patch_size, image_size=d.image_size,
-                                    foreground_bias=d.foreground_bias, flip=d.flip, seed=self.seed)
+                                    foreground_bias=d.foreground_bias, flip=d.flip, seed=self.seed,
+                                    augment=d.augment)
         self.total_steps = int(t.epochs * self.sampler.epoch_length if t.epochs else t.iterations)
         self.optimizer = build_optimizer(t.optimizer, self.model.parameters(), t.lr, t.weight_decay, t.momentum)
         self.schedule = LRSchedule(t.scheduler, t.lr, self.total_steps, warmup_iters=t.warmup_iters,
@@ -113,9 +120,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
 
     def _meta(self, **extra):
-        m = self.cfg.model
-        return dict(model={"name": m.name, "args": dict(self.model.model_args)},
-                    config=self.cfg.to_dict(), step=self.step, **extra)
+        return dict(model=dict(self.model_spec), config=self.cfg.to_dict(), step=self.step, **extra)
 
     def _save(self, name, with_optimizer=False, **extra):
         save_checkpoint(self.work_dir / name, self.model, self._meta(**extra),
@@ -153,6 +158,8 @@ class Trainer:
         elif multi:
             logits = logits[0]
         loss = self.loss_fn(logits, jt.array(masks))
+        if self.cfg.model.stn and self.cfg.train.stn_penalty:
+            loss = loss + self.cfg.train.stn_penalty * self.model.stn_penalty()
         if self.cfg.train.grad_clip:
             self.optimizer.zero_grad()
             self.optimizer.backward(loss)

@@ -228,13 +228,14 @@ def load_pretrained(backbone, path, prefix="", ignore=()):
     weights = read_torch_weights(path)
     weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     patterns = DEFAULT_SKIP + tuple(ignore)
-    skipped = sorted(k for k in weights if any(fnmatch.fnmatchcase(k, p) for p in patterns))
+    skipped = {k for k in weights if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
     given = {k: v for k, v in weights.items() if k not in skipped}
     state = backbone.state_dict()
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for key in set(state) & set(given):
         ckpt, model = given[key].shape, shapes[key]
-        if len(ckpt) == 4 and ckpt[1] == 3 and model[1] != 3 and ckpt[:1] + ckpt[2:] == model[:1] + model[2:]:
+        if (len(ckpt) == len(model) == 4 and ckpt[1] == 3 and model[1] != 3
+                and ckpt[:1] + ckpt[2:] == model[:1] + model[2:]):
             given[key] = adapt_input_conv(given[key], model[1])
     missing = sorted(set(state) - set(given))
     unexpected = sorted(set(given) - set(state))
@@ -249,4 +250,4 @@ def load_pretrained(backbone, path, prefix="", ignore=()):
         raise ModelZooError(f"{path}: weights do not match {type(backbone).__name__}"
                             f"{f' (prefix {prefix!r})' if prefix else ''}: " + "; ".join(problems))
     backbone.load_parameters({k: given[k].astype(str(state[k].dtype)) for k in state})
-    return skipped
+    return sorted(skipped)

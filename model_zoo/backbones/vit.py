@@ -12,7 +12,6 @@ Position embeddings are stored for the pretraining grid (``img_size / 16`` patch
 input whose grid differs gets them resampled bilinearly (``align_corners=False``, as SETR's code),
 the class token's embedding unchanged.
 """
-import math
 
 from ..backend import jt
 from ..registry import ModelZooError
