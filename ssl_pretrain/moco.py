@@ -57,7 +57,9 @@ def main(argv):
     parser.add_argument("--split", help="images sub-folder <data>/<split>/images (default: data.train_split)")
     parser.add_argument("--iterations", type=positive(int), default=60, help="optimizer steps")
     parser.add_argument("--batch", type=positive(int), default=16, help="images per batch")
-    parser.add_argument("--size", type=positive(int), default=64, help="side of the augmented views")
+    parser.add_argument("--size", type=positive(int),
+                        help="side of the augmented views (default: 64, raised to the model's minimum input size "
+                             "and rounded up to its size divisor)")
     parser.add_argument("--queue", type=positive(int), default=4096, help="negative keys K")
     parser.add_argument("--momentum", type=float, default=0.999, help="key encoder EMA coefficient m, in [0, 1)")
     parser.add_argument("--temperature", type=positive(float), default=0.2, help="softmax temperature")
@@ -105,6 +107,8 @@ def main(argv):
     m = cfg.model
     model = create_model(m.name, in_channels=m.in_channels, num_classes=m.num_classes, **dict(m.args))
     divisor, minimum = model.size_divisor, model.min_input_size
+    if args.size is None:
+        args.size = math.ceil(max(64, minimum) / divisor) * divisor
     if args.size % divisor or args.size < minimum:
         raise ConfigError(f"--size {args.size}: the encoder of {m.name} needs a multiple of {divisor} "
                           f"of at least {minimum}")

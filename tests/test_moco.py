@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 from jmedseg.checkpoint import save_checkpoint
 from jmedseg.data import generate_synthetic, synthetic_root
-from jmedseg.engine import build_optimizer
+from jmedseg.engine import LRSchedule, build_optimizer, set_lr
 from jmedseg.errors import CheckpointError, DataError
 from jmedseg.ssl import (KeyQueue, MoCo, MoCoAugment, TwoViewSampler, find_images, info_nce_loss,
                          load_encoder_weights, load_images)
@@ -174,22 +174,25 @@ def short_run(tmp_path_factory):
     """A tiny UNet encoder pretrained for 60 steps on 96 synthetic images, probed before and after.
 
     Crops and flips only: with MoCo v2's colour jitter these near-identical synthetic fundus images
-    are not separable by a tiny network in a few hundred steps (retrieval stays at chance), so the
+    are not separable by a tiny network in a few hundred steps (retrieval stays near chance), so the
     short run would not show learning.
     """
     root = generate_synthetic(tmp_path_factory.mktemp("synthetic"), n_train=96, n_test=0, size=96)
     images = load_images(find_images(root, "train"))
     augment = MoCoAugment(64, scale=(0.5, 1.0), jitter_p=0, gray_p=0, blur_p=0)
     probe_rng = np.random.default_rng(123)
-    views_a, views_b = (np.stack([augment(image, probe_rng) for image in images[:32]]) for _ in range(2))
+    views_a, views_b = (np.stack([augment(image, probe_rng) for image in images]) for _ in range(2))
     jt.set_global_seed(0)
     model = create_model("unet", base_channels=8, depth=3)
     moco = MoCo(model, dim=32, hidden_dim=64, queue_size=32, momentum=0.99, temperature=0.2, seed=0)
     optimizer = build_optimizer("sgd", moco.query_parameters(), lr=0.05, weight_decay=1e-4, momentum=0.9)
     sampler = TwoViewSampler(images, batch_size=16, augment=augment, seed=0)
     before = retrieval(moco, views_a, views_b)
-    history = np.array([moco.train_step(*next(sampler), optimizer) for _ in range(60)])
-    return model, moco, history, before, retrieval(moco, views_a, views_b)
+    schedule, history = LRSchedule("cosine", 0.05, total_steps=60), []
+    for step in range(60):
+        set_lr(optimizer, schedule.lr_at(step))
+        history.append(moco.train_step(*next(sampler), optimizer))
+    return model, moco, np.array(history), before, retrieval(moco, views_a, views_b)
 
 
 def test_short_run_learns_instance_discrimination(short_run):
@@ -197,9 +200,9 @@ def test_short_run_learns_instance_discrimination(short_run):
     assert np.isfinite(history).all()
     # The first 2 steps meet a queue of random vectors (easy negatives); compare from step 2 on.
     first, last = history[2:17].mean(axis=0), history[-15:].mean(axis=0)
-    assert last[0] < first[0] - 0.15, (first, last)  # loss
-    assert last[1] > first[1] + 0.05, (first, last)  # top-1 among [positive, queue]
-    # On fixed held-out view pairs: own-image retrieval rises and the embeddings spread out.
+    assert last[0] < first[0] - 0.3, (first, last)  # loss
+    assert last[1] > first[1] + 0.08, (first, last)  # top-1 among [positive, queue]
+    # On fixed view pairs of all 96 images: own-image retrieval rises and the embeddings spread out.
     assert after[0] > before[0] + 0.1, (before, after)
     assert after[1] < before[1] - 0.2, (before, after)
 

@@ -216,8 +216,9 @@ class Trainer:
             lr = self.schedule.lr_at(self.step) * self.lr_scale
             set_lr(self.optimizer, lr)
             # Dropout and other random layers draw from a generator seeded by (seed, step), so a
-            # resumed run draws what an uninterrupted one would.
-            jt.set_seed((self.seed * 1_000_003 + self.step) % 2**31)
+            # resumed run draws what an uninterrupted one would. Jittor's nearby seeds give
+            # correlated streams, hence the SeedSequence mixing.
+            jt.set_seed(int(np.random.SeedSequence([self.seed, self.step]).generate_state(1)[0] >> 1))
             images, masks = next(batches)
             loss = self._train_step(images, masks)
             if not math.isfinite(loss):
