@@ -36,7 +36,15 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path):
+@pytest.fixture
+def default_sigchld():
+    # Jittor's SIGCHLD handler ends this (pytest) process when a child dies of a signal.
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGCHLD, previous)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path, default_sigchld):
     run = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd("--work-dir", run, "--set", *SETTINGS), cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
