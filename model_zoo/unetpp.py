@@ -73,7 +73,7 @@ class UNetPlusPlus(SegmentationModel):
         return [main] + [head(node) for head, node in zip(self.heads[:-1], top[:-1])]
 
 
-@register_model(tiny={"base_channels": 4})
+@register_model(tiny={"base_channels": 8})
 def unetpp(in_channels=3, num_classes=2, base_channels=32, depth=4, deep_supervision=False,
            upsampling="transpose"):
     """UNet++ L4 at the paper's widths (base 32)."""

@@ -67,9 +67,13 @@ keys = st.sampled_from(["train.lr", "train.batch_size", "train.iterations", "dat
                         "eval.threshold", "train.weight_decay", "data.foreground_bias"])
 
 
+# Jittor's kernels switch the CPU to flush-to-zero, so subnormal floats cannot be drawn once it has run.
+config_values = st.one_of(st.integers(-5, 500), st.floats(-2, 2, allow_nan=False, allow_subnormal=False),
+                          st.text(max_size=5), st.booleans(), st.none())
+
+
 @SETTINGS
-@given(st.dictionaries(keys, st.one_of(st.integers(-5, 500), st.floats(-2, 2, allow_nan=False), st.text(max_size=5),
-                                       st.booleans(), st.none()), max_size=4))
+@given(st.dictionaries(keys, config_values, max_size=4))
 def test_config_loader_accepts_or_raises_config_error(tmp_path_factory, overrides):
     items = [f"{k}={v}" for k, v in overrides.items()]
     try:
