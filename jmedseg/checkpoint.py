@@ -1,7 +1,8 @@
 """Checkpoints that cannot execute code when loaded: one ``.npz`` of arrays plus JSON metadata.
 
 Layout: every model tensor under ``model/<state-dict key>``, optional optimizer buffers under
-``optim/<group>/<buffer>/<index>``, and the metadata (model name and arguments, config, training
+``optim/<group>/<buffer>/<index>``, any other state a caller adds (e.g. ``queue/keys`` of MoCo's
+memory bank), and the metadata (model name and arguments, config, training
 state) as UTF-8 JSON bytes under ``__meta__``. Loading uses ``np.load(allow_pickle=False)``, so an
 object array (pickle) is refused, and is strict: missing, unexpected or mis-shaped keys are an
 error listing them. Writes are atomic.
@@ -41,9 +42,16 @@ def _optimizer_arrays(optimizer):
     return {key: np.asarray(var.numpy()) for key, var in _optimizer_buffers(optimizer)}
 
 
-def save_checkpoint(path, model, meta, optimizer=None):
-    """Write ``model`` (and optionally ``optimizer``'s buffers) with JSON-serialisable ``meta``."""
+def save_checkpoint(path, model, meta, optimizer=None, extra_arrays=None):
+    """Write ``model`` (and optionally ``optimizer``'s buffers) with JSON-serialisable ``meta``.
+
+    ``extra_arrays`` (name -> array, names outside ``model/`` and ``optim/``) are stored as they are.
+    """
     arrays = {f"model/{k}": v for k, v in model_state(model).items()}
+    for name, value in (extra_arrays or {}).items():
+        if name.startswith(("model/", "optim/")) or name == _META_KEY:
+            raise ValueError(f"extra array name {name!r} clashes with the checkpoint layout")
+        arrays[name] = np.asarray(value)
     meta = dict(meta, format_version=FORMAT_VERSION)
     if optimizer is not None:
         arrays.update(_optimizer_arrays(optimizer))

@@ -29,12 +29,18 @@ https://arxiv.org/abs/2003.04297): an MLP projection head, blur augmentation and
   two only for 3-channel images), applied in random order. Blur sigma is drawn from 0.1–2.0 px at
   224 px (MoCo v2's crop size) and scaled to the view size.
 
+Resumable state (:meth:`MoCo.save_state`, the ``last.npz`` of ``ssl_pretrain/moco.py``): both
+branches under ``model/`` (BatchNorm statistics included), the optimizer's buffers, the queue under
+``queue/keys`` and, in the metadata, the queue pointer and the key-shuffling generator, so a resumed
+run continues with the very same numbers.
+
 Encoder checkpoints use the project's safe ``.npz`` format (:mod:`jmedseg.checkpoint`): the
 encoder's state dict under ``model/``, and metadata ``{"model": {"name", "args"}, "weights":
 "encoder", "ssl": {...hyper-parameters and final statistics}}``. :func:`load_encoder_weights` loads
 one strictly into ``model.get_encoder()``.
 """
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -43,17 +49,20 @@ import numpy as np
 
 from model_zoo.backend import jt
 
-from .checkpoint import load_model_state, read_checkpoint, save_checkpoint
+from .checkpoint import load_model_state, load_optimizer_state, read_checkpoint, save_checkpoint
 from .data import IMAGE_EXTENSIONS, load_image
 from .errors import CheckpointError, ConfigError, DataError
 
 nn = jt.nn
 
 __all__ = ["MoCo", "MoCoAugment", "TwoViewSampler", "KeyQueue", "ProjectionHead", "info_nce_loss",
-           "find_images", "load_images", "load_encoder_weights", "ENCODER_WEIGHTS"]
+           "find_images", "load_images", "load_encoder_weights", "ENCODER_WEIGHTS", "MOCO_STATE"]
 
 ENCODER_WEIGHTS = "encoder"
 """The ``weights`` metadata value of an encoder-only checkpoint."""
+
+MOCO_STATE = "moco_state"
+"""The ``weights`` metadata value of a resumable MoCo checkpoint (both branches, queue, optimizer)."""
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _REFERENCE_CROP = 224  # MoCo v2's view size, the scale its blur sigmas are given at
@@ -203,6 +212,20 @@ class TwoViewSampler:
         queries = np.stack([self.augment(self.images[i], self.rng) for i in batch])
         keys = np.stack([self.augment(self.images[i], self.rng) for i in batch])
         return queries, keys
+
+    def state_dict(self):
+        """Generator state and the rest of the current epoch (JSON-safe)."""
+        return {"rng": copy.deepcopy(self.rng.bit_generator.state), "order": self._order.tolist(),
+                "num_images": len(self.images), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state):
+        """Continue exactly where the sampler that wrote ``state`` was."""
+        if (state.get("num_images"), state.get("batch_size")) != (len(self.images), self.batch_size):
+            raise CheckpointError(f"sampler state: saved for {state.get('num_images')} images in batches of "
+                                  f"{state.get('batch_size')}, but this run has {len(self.images)} images in "
+                                  f"batches of {self.batch_size}")
+        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self._order = np.asarray(state["order"], dtype=np.int64)
 
 
 # -- MoCo ------------------------------------------------------------------------------------------
@@ -394,6 +417,42 @@ class MoCo(nn.Module):
         optimizer.step(loss)
         self.queue.enqueue(k)
         return loss.item(), top1
+
+    def save_state(self, path, optimizer, **meta):
+        """Write everything a resumed run needs: both branches (BatchNorm statistics included), the
+        optimizer's buffers, the queue and the key-shuffling generator; ``meta`` is stored beside them."""
+        meta = dict(meta, model={"name": self.model_name, "args": self.model_args}, weights=MOCO_STATE,
+                    moco=self.hparams, queue_ptr=self.queue.ptr, shuffle_rng=self._rng.bit_generator.state)
+        save_checkpoint(path, self, meta, optimizer=optimizer, extra_arrays={"queue/keys": self.queue.keys})
+
+    def load_state(self, path, optimizer):
+        """Restore a :meth:`save_state` checkpoint written with the same model and MoCo settings.
+
+        Returns:
+            the checkpoint's metadata.
+
+        Raises:
+            CheckpointError: unreadable file, not a MoCo state, or written with other settings.
+        """
+        meta, arrays = read_checkpoint(path)
+        if meta.get("weights") != MOCO_STATE:
+            raise CheckpointError(f"{path}: not a MoCo training state (expected the last.npz of ssl_pretrain/moco.py)")
+        mine = json.loads(json.dumps({"model": {"name": self.model_name, "args": self.model_args},
+                                      "moco": self.hparams}))  # tuples come back from JSON as lists
+        saved = {"model": meta["model"], "moco": meta.get("moco")}
+        if saved != mine:
+            raise CheckpointError(f"{path}: written for {saved}, not {mine}")
+        load_model_state(self, arrays, source=str(path))
+        load_optimizer_state(optimizer, arrays, meta, source=str(path))
+        keys = arrays.get("queue/keys")
+        if keys is None or keys.shape != self.queue.keys.shape:
+            raise CheckpointError(f"{path}: queue/keys missing or of shape "
+                                  f"{None if keys is None else list(keys.shape)}, expected {list(self.queue.keys.shape)}")
+        self.queue.keys = keys.astype(np.float32)
+        self.queue.ptr = int(meta["queue_ptr"])
+        self._rng.bit_generator.state = meta["shuffle_rng"]
+        jt.sync_all()
+        return meta
 
     def save_encoder(self, path, **extra):
         """Write the query encoder as an encoder checkpoint; ``extra`` goes into ``meta["ssl"]``."""

@@ -15,7 +15,7 @@ ResNet-101); outputs are upsampled bilinearly with ``align_corners=False`` (refe
 """
 import math
 
-from .backbones import create_backbone
+from .backbones import dilated_resnet
 from .backend import jt
 from .base import SegmentationModel
 from .layers import ChannelAttention, ConvBNReLU
@@ -25,7 +25,6 @@ nn = jt.nn
 
 __all__ = ["PositionAttention", "DualAttentionHead", "DANet"]
 
-_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 class PositionAttention(nn.Module):
@@ -122,9 +121,7 @@ class DANet(SegmentationModel):
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", head_channels=512, aux_head=True,
                  gamma_init=0.0, dropout=0.1):
         super().__init__()
-        if encoder not in _RESNETS:
-            raise ModelZooError(f"DANet: encoder must be one of {', '.join(_RESNETS)}, got {encoder!r}")
-        self.encoder = create_backbone(encoder, in_channels, output_stride=8)
+        self.encoder = dilated_resnet("DANet", encoder, in_channels, 8)
         self.head = DualAttentionHead(self.encoder.channels[-1], head_channels, gamma_init)
         self.classifier = _classifier(head_channels, num_classes, dropout)
         self.aux_head = aux_head

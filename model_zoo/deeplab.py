@@ -15,7 +15,7 @@
 The backbones are torchvision-layout ResNets (``model_zoo.backbones``), whose layer3/layer4 strides
 are replaced by dilation.
 """
-from .backbones import create_backbone
+from .backbones import dilated_resnet
 from .backend import jt
 from .base import SegmentationModel
 from .layers import ASPP, ConvBNReLU
@@ -24,16 +24,6 @@ from .registry import ModelZooError, register_model
 nn = jt.nn
 
 __all__ = ["ASPPClassifier", "DeepLabV2", "DeepLabV3Plus"]
-
-_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-
-
-def _dilated_resnet(owner, encoder, in_channels, output_stride):
-    """The ResNet ``encoder`` with ``layer3``/``layer4`` dilated to ``output_stride``; other names raise."""
-    if encoder not in _RESNETS:
-        raise ModelZooError(f"{owner}: encoder must be one of {', '.join(_RESNETS)}, got {encoder!r}")
-    return create_backbone(encoder, in_channels, output_stride=output_stride)
-
 
 class ASPPClassifier(nn.Module):
     """DeepLab v2's ASPP-L head: parallel 3x3 dilated convs straight to class logits, summed.
@@ -82,7 +72,7 @@ class DeepLabV2(SegmentationModel):
 
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", rates=(6, 12, 18, 24)):
         super().__init__()
-        self.encoder = _dilated_resnet("DeepLabV2", encoder, in_channels, 8)
+        self.encoder = dilated_resnet("DeepLabV2", encoder, in_channels, 8)
         self.classifier = ASPPClassifier(self.encoder.channels[-1], num_classes, rates)
 
     def forward_logits(self, x):
@@ -114,7 +104,7 @@ class DeepLabV3Plus(SegmentationModel):
         if output_stride not in (8, 16):
             raise ModelZooError(f"DeepLabV3Plus: output_stride must be 8 or 16, got {output_stride!r}")
         self.size_divisor = output_stride
-        self.encoder = _dilated_resnet("DeepLabV3Plus", encoder, in_channels, output_stride)
+        self.encoder = dilated_resnet("DeepLabV3Plus", encoder, in_channels, output_stride)
         rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
         self.aspp = ASPP(self.encoder.channels[-1], aspp_channels, rates, dropout)
         self.low_level = ConvBNReLU(self.encoder.channels[1], low_level_channels, 1)

@@ -12,7 +12,7 @@ the "deep stem" of three 3x3 convs, and no multi-grid (the 3x3 convs of the last
 dilations 2, 4, 4 where the reference's multi-grid gives 2, 8, 16); outputs are upsampled
 bilinearly with ``align_corners=False`` (reference: True).
 """
-from .backbones import create_backbone
+from .backbones import dilated_resnet
 from .backend import jt
 from .base import SegmentationModel
 from .layers import ConvBNReLU, ExternalAttention
@@ -22,7 +22,6 @@ nn = jt.nn
 
 __all__ = ["EANet"]
 
-_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 class EANet(SegmentationModel):
@@ -49,11 +48,9 @@ class EANet(SegmentationModel):
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", head_channels=512, memory_size=64,
                  dropout=0.1):
         super().__init__()
-        if encoder not in _RESNETS:
-            raise ModelZooError(f"EANet: encoder must be one of {', '.join(_RESNETS)}, got {encoder!r}")
         if head_channels < 2:
             raise ModelZooError(f"EANet: head_channels must be at least 2, got {head_channels}")
-        self.encoder = create_backbone(encoder, in_channels, output_stride=8)
+        self.encoder = dilated_resnet("EANet", encoder, in_channels, 8)
         self.reduce = ConvBNReLU(self.encoder.channels[-1], head_channels)
         self.attention = ExternalAttention(head_channels, memory_size)
         self.project = ConvBNReLU(head_channels, head_channels // 2)

@@ -21,7 +21,7 @@ followed by BatchNorm have no bias; outputs are upsampled bilinearly with ``alig
 """
 import math
 
-from .backbones import create_backbone
+from .backbones import dilated_resnet
 from .backend import jt
 from .base import SegmentationModel
 from .layers import ConvBNReLU, FCNHead
@@ -31,7 +31,6 @@ nn = jt.nn
 
 __all__ = ["ObjectContextBlock", "BaseOC", "ASPOC", "OCNet"]
 
-_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 class ObjectContextBlock(nn.Module):
@@ -174,13 +173,11 @@ class OCNet(SegmentationModel):
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", context="asp", head_channels=512,
                  aux_head=True, zero_init=True):
         super().__init__()
-        if encoder not in _RESNETS:
-            raise ModelZooError(f"OCNet: encoder must be one of {', '.join(_RESNETS)}, got {encoder!r}")
         if context not in ("asp", "base"):
             raise ModelZooError(f"OCNet: context must be 'asp' or 'base', got {context!r}")
         if head_channels < 4:
             raise ModelZooError(f"OCNet: head_channels must be at least 4, got {head_channels}")
-        self.encoder = create_backbone(encoder, in_channels, output_stride=8)
+        self.encoder = dilated_resnet("OCNet", encoder, in_channels, 8)
         widths = self.encoder.channels
         self.reduce = ConvBNReLU(widths[4], head_channels)
         if context == "asp":

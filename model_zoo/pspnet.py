@@ -8,11 +8,11 @@ whose loss the paper weights 0.4. Head widths and dropout follow the authors' co
 (hszhao/semseg). The backbone is torchvision's ResNet (7x7 stem) where the authors' has a deep stem
 of three 3x3 convs.
 """
-from .backbones import create_backbone
+from .backbones import dilated_resnet
 from .backend import jt
 from .base import SegmentationModel
 from .layers import FCNHead, PyramidPooling
-from .registry import ModelZooError, register_model
+from .registry import register_model
 
 nn = jt.nn
 
@@ -44,10 +44,7 @@ class PSPNet(SegmentationModel):
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet50", bins=(1, 2, 3, 6), head_channels=512,
                  aux_head=True, aux_channels=256, dropout=0.1):
         super().__init__()
-        if encoder not in ("resnet18", "resnet34", "resnet50", "resnet101"):
-            raise ModelZooError(f"PSPNet: encoder must be one of resnet18, resnet34, resnet50, resnet101, "
-                                f"got {encoder!r}")
-        self.encoder = create_backbone(encoder, in_channels, output_stride=8)
+        self.encoder = dilated_resnet("PSPNet", encoder, in_channels, 8)
         widths = self.encoder.channels
         self.ppm = PyramidPooling(widths[4], bins)
         self.head = FCNHead(self.ppm.out_channels, head_channels, num_classes, dropout)

@@ -4,20 +4,30 @@
     python ssl_pretrain/moco.py --model unet --set model.args.base_channels=32 \\
         --data ../shared/data/DRIVE --set data.preprocess=green_clahe model.in_channels=1 --iterations 2000
 
+    python ssl_pretrain/moco.py --resume work_dirs/moco_unet      # continue an interrupted run
+
 --data is a folder of images or a dataset root with <split>/images (masks are never read). The
 model, its arguments, channels, preprocessing, seed and device come from the config (--config,
---set); the MoCo settings from the flags below. Writes <work-dir>/log.csv and <work-dir>/encoder.npz,
-which jmedseg.ssl.load_encoder_weights loads strictly into model.get_encoder().
+--set); the MoCo settings from the flags below. Writes <work-dir>/config.yaml and moco.json (the
+settings), log.csv, last.npz (both branches, queue, optimizer and generators, every
+--checkpoint-interval steps) and encoder.npz, which jmedseg.ssl.load_encoder_weights loads strictly
+into model.get_encoder(). A run killed at any moment and resumed with --resume logs the same losses
+and writes the same encoder as one that was never interrupted.
 """
 import argparse
 import csv
 import io
+import json
 import math
 import time
 from pathlib import Path
 
 from jmedseg.cli import add_config_args, config_from_args, new_parser, run_tool
-from jmedseg.errors import ConfigError
+from jmedseg.errors import CheckpointError, ConfigError
+
+# The flags that define a run: saved in moco.json and restored by --resume.
+RUN_OPTIONS = ("split", "iterations", "batch", "size", "queue", "momentum", "temperature", "dim", "hidden_dim",
+               "bn_splits", "min_scale", "no_colour", "lr", "weight_decay", "log_interval", "checkpoint_interval")
 
 
 def positive(kind):
@@ -37,10 +47,43 @@ def pick_work_dir(requested, model_name):
         return Path(requested)
     base = path = Path("work_dirs") / f"moco_{model_name}"
     n = 1
-    while (path / "encoder.npz").exists() or (path / "log.csv").exists():
+    while any((path / name).exists() for name in ("moco.json", "encoder.npz", "log.csv")):
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
+
+
+def restore_run_settings(parser, args):
+    """Fill ``args`` from ``<RUN>/moco.json`` and return the config of ``<RUN>/config.yaml``.
+
+    Raises:
+        ConfigError: not a MoCo run folder, or flags given that would change the run's settings.
+    """
+    from jmedseg.config import load_config
+
+    run = Path(args.resume)
+    settings_file, config_file = run / "moco.json", run / "config.yaml"
+    if not settings_file.is_file() or not config_file.is_file():
+        raise ConfigError(f"{run}: not a MoCo run folder (no moco.json and config.yaml); give the folder "
+                          "ssl_pretrain/moco.py wrote")
+    if args.model or args.config or args.data or args.set or args.seed is not None or args.work_dir:
+        raise ConfigError("--resume continues a run with its saved config and folder; "
+                          "--model/--config/--data/--set/--seed/--work-dir cannot be combined with it")
+    try:
+        saved = json.loads(settings_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{settings_file}: not readable JSON ({err})") from None
+    if not isinstance(saved, dict) or set(saved) != set(RUN_OPTIONS):
+        raise ConfigError(f"{settings_file}: expected the keys {', '.join(RUN_OPTIONS)}")
+    for name in RUN_OPTIONS:
+        given, default = getattr(args, name), parser.get_default(name)
+        if given != default and given != saved[name]:
+            raise ConfigError(f"--{name.replace('_', '-')}: the run was started with {saved[name]!r}; "
+                              "--resume continues with its saved settings")
+        setattr(args, name, saved[name])
+    args.work_dir = str(run)
+    overrides = [f"device={args.device}"] if args.device else []
+    return load_config(config_file, overrides)
 
 
 def rows_to_csv(rows):
@@ -75,10 +118,17 @@ def main(argv):
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     parser.add_argument("--log-interval", type=positive(int), default=10,
                         help="write a log row every this many steps")
+    parser.add_argument("--checkpoint-interval", type=positive(int), default=50,
+                        help="write last.npz, everything --resume needs, every this many steps")
     parser.add_argument("--work-dir", help="output folder (default: work_dirs/moco_<model>)")
+    parser.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its folder, with its "
+                        "saved settings")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    if args.resume:
+        cfg = restore_run_settings(parser, args)
+    else:
+        cfg = config_from_args(args)
     if not 0 <= args.momentum < 1:
         raise ConfigError(f"--momentum: must be in [0, 1), got {args.momentum}")
     if args.min_scale > 1:
@@ -91,7 +141,7 @@ def main(argv):
 
     from jmedseg.data import synthetic_root
     from jmedseg.engine import LRSchedule, build_optimizer, set_lr
-    from jmedseg.io import write_text
+    from jmedseg.io import write_json, write_text
     from jmedseg.ssl import MoCo, MoCoAugment, TwoViewSampler, find_images, load_images
     from model_zoo import count_parameters, create_model
     from model_zoo.backend import jt, set_device
@@ -116,11 +166,30 @@ def main(argv):
                 temperature=args.temperature, bn_splits=args.bn_splits, seed=seed)
     colour_off = dict(jitter_p=0, gray_p=0, blur_p=0) if args.no_colour else {}
     augment = MoCoAugment(args.size, scale=(args.min_scale, 1.0), **colour_off)
-    sampler = iter(TwoViewSampler(images, args.batch, augment, seed=seed))
+    sampler = TwoViewSampler(images, args.batch, augment, seed=seed)
     optimizer = build_optimizer("sgd", moco.query_parameters(), args.lr, args.weight_decay, momentum=0.9)
     schedule = LRSchedule("cosine", args.lr, args.iterations)
     work_dir = pick_work_dir(args.work_dir, m.name)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    last = work_dir / "last.npz"
+    rows, window, first_step, elapsed = [], [], 0, 0.0
+    if args.resume:
+        if not last.is_file():
+            raise CheckpointError(f"{last}: not found; the run was interrupted before its first checkpoint, "
+                                  "start it again")
+        meta = moco.load_state(last, optimizer)
+        sampler.load_state_dict(meta["sampler"])
+        rows, window, first_step, elapsed = meta["rows"], meta["window"], meta["step"], meta["elapsed_s"]
+        print(f"resuming {work_dir} at step {first_step}")
+    else:
+        if (work_dir / "moco.json").exists():
+            raise ConfigError(f"--work-dir {work_dir}: holds a MoCo run already; continue it with --resume "
+                              f"{work_dir} or pick another folder")
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"{work_dir}: cannot create the run folder ({err.strerror})") from None
+        cfg.dump(work_dir / "config.yaml")
+        write_json(work_dir / "moco.json", {name: getattr(args, name) for name in RUN_OPTIONS})
 
     print(f"run folder: {work_dir}")
     print(f"MoCo v2: {m.name} encoder ({count_parameters(moco.encoder) / 1e6:.2f} M params) on {device}; "
@@ -130,20 +199,21 @@ def main(argv):
         print(f"note: the queue ({args.queue}) is longer than the image list ({len(images)}), so it holds older "
               f"keys of the query's own image as negatives; instance-discrimination accuracy stays low")
 
-    rows, window = [], []
-    start = window_start = time.perf_counter()
-    bar = tqdm(total=args.iterations, desc=f"moco {m.name}", disable=args.no_progress, dynamic_ncols=True)
-    for step in range(args.iterations):
+    start = window_start = time.perf_counter() - elapsed
+    bar = tqdm(total=args.iterations, initial=first_step, desc=f"moco {m.name}", disable=args.no_progress,
+               dynamic_ncols=True)
+    for step in range(first_step, args.iterations):
         lr = schedule.lr_at(step)
         set_lr(optimizer, lr)
         queries, keys = next(sampler)
         loss, top1 = moco.train_step(queries, keys, optimizer)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss} at step {step} (lr {lr:.3g}); try a lower --lr")
+            hint = f"; the last good state is {last}" if last.exists() else ""
+            raise FloatingPointError(f"loss became {loss} at step {step + 1} (lr {lr:.3g}); try a lower --lr{hint}")
         window.append((loss, top1))
         bar.update(1)
+        now = time.perf_counter()
         if (step + 1) % args.log_interval == 0 or step + 1 == args.iterations:
-            now = time.perf_counter()
             mean_loss, mean_top1 = np.mean(window, axis=0)
             rows.append({"step": step + 1, "lr": lr, "loss": float(mean_loss), "top1": float(mean_top1),
                          "images_per_s": len(window) * args.batch / max(now - window_start, 1e-9),
@@ -151,6 +221,9 @@ def main(argv):
             write_text(work_dir / "log.csv", rows_to_csv(rows))
             bar.set_postfix(loss=f"{mean_loss:.4f}", top1=f"{mean_top1:.3f}", lr=f"{lr:.2e}")
             window, window_start = [], now
+        if (step + 1) % args.checkpoint_interval == 0 or step + 1 == args.iterations:
+            moco.save_state(last, optimizer, step=step + 1, rows=rows, window=window, elapsed_s=now - start,
+                            sampler=sampler.state_dict())
     bar.close()
 
     moco.save_encoder(work_dir / "encoder.npz", iterations=args.iterations, batch_size=args.batch, size=args.size,

@@ -1,15 +1,18 @@
 """MoCo v2: EMA key branch, FIFO queue, InfoNCE, augmentation, a short run on the synthetic data, checkpoints."""
+import csv
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from jmedseg.checkpoint import save_checkpoint
+from jmedseg.checkpoint import read_checkpoint, save_checkpoint
 from jmedseg.data import generate_synthetic, synthetic_root
 from jmedseg.engine import LRSchedule, build_optimizer, set_lr
 from jmedseg.errors import CheckpointError, DataError
@@ -248,3 +251,86 @@ def test_command_line_writes_a_loadable_encoder(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == \
         "error: --size 40: the encoder of unet needs a multiple of 16 of at least 32"
+
+
+# -- interruption -------------------------------------------------------------------------------------------
+TINY_RUN = ["--set", "model.args.base_channels=4", "model.args.depth=2", "--iterations", 300, "--batch", 4,
+            "--size", 32, "--queue", 12, "--dim", 8, "--hidden-dim", 16, "--log-interval", 5,
+            "--checkpoint-interval", 10, "--no-progress"]
+
+
+def log_rows(run):
+    with open(run / "log.csv") as f:
+        return [(int(r["step"]), float(r["loss"]), float(r["top1"])) for r in csv.DictReader(f)]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_moco_run(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    proc = run_moco(*TINY_RUN, "--work-dir", full)
+    assert proc.returncode == 0, proc.stderr
+    # Jittor's SIGCHLD handler ends this (pytest) process when a child dies of a signal.
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        child = subprocess.Popen([sys.executable, str(REPO_ROOT / "ssl_pretrain" / "moco.py"), *map(str, TINY_RUN),
+                                  "--work-dir", str(killed)], cwd=REPO_ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while not (killed / "last.npz").exists():
+            assert child.poll() is None, "pretraining ended before it could be interrupted"
+            assert time.time() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # kill it mid-run, not right after a checkpoint
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    killed_at = read_checkpoint(killed / "last.npz")[0]["step"]
+    assert 0 < killed_at < 300, "the run finished before the kill; nothing was tested"
+    assert not (killed / "encoder.npz").exists()
+
+    proc = run_moco("--resume", killed, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming {killed} at step {killed_at}" in proc.stdout
+    expected, got = log_rows(full), log_rows(killed)
+    assert [r[0] for r in got] == [r[0] for r in expected] == list(range(5, 301, 5))
+    np.testing.assert_allclose(np.array(got)[:, 1:], np.array(expected)[:, 1:], rtol=1e-5, atol=1e-6)
+    _, want = read_checkpoint(full / "encoder.npz")
+    _, have = read_checkpoint(killed / "encoder.npz")
+    assert want.keys() == have.keys()
+    for name in want:
+        np.testing.assert_allclose(have[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    # The queue and the key encoder were restored too: the final states agree.
+    _, want = read_checkpoint(full / "last.npz")
+    _, have = read_checkpoint(killed / "last.npz")
+    np.testing.assert_allclose(have["queue/keys"], want["queue/keys"], rtol=1e-5, atol=1e-6)
+    key_names = [name for name in want if name.startswith("model/key.")]
+    assert key_names
+    for name in key_names:
+        np.testing.assert_allclose(have[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_resume_refuses_changed_settings_and_fresh_runs_refuse_a_used_folder(tmp_path):
+    run = tmp_path / "run"
+    small = [a if a != 300 else 10 for a in TINY_RUN]
+    assert run_moco(*small, "--work-dir", run).returncode == 0
+    proc = run_moco("--resume", run, "--lr", "0.1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --lr: the run was started with 0.03; --resume continues with its saved settings"
+    proc = run_moco(*small, "--work-dir", run)
+    assert proc.returncode == 2 and "holds a MoCo run already; continue it with --resume" in proc.stderr
+    proc = run_moco("--resume", tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: {tmp_path}: not a MoCo run folder")
+    assert "Traceback" not in proc.stderr
+
+
+def test_moco_state_refuses_another_configuration(tmp_path):
+    _, moco = tiny_moco()
+    optimizer = build_optimizer("sgd", moco.query_parameters(), 0.03, 0.0, momentum=0.9)
+    moco.save_state(tmp_path / "last.npz", optimizer, step=1)
+    _, other = tiny_moco(temperature=0.5)
+    with pytest.raises(CheckpointError, match="written for"):
+        other.load_state(tmp_path / "last.npz", build_optimizer("sgd", other.query_parameters(), 0.03, 0.0,
+                                                                momentum=0.9))
+    save_checkpoint(tmp_path / "encoder.npz", moco.encoder, {"model": {"name": "unet", "args": {}}})
+    with pytest.raises(CheckpointError, match="not a MoCo training state"):
+        moco.load_state(tmp_path / "encoder.npz", optimizer)

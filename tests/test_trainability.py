@@ -40,5 +40,5 @@ def test_trains_above_trivial_predictors(name, tmp_path, all_foreground_dice):
     trainer.train()
     report = trainer.test()
     score = report["pooled"]["dice"]
-    print(f"{name}: synthetic test Dice {score:.4f} after {STEPS} steps")
+    print(f"{name}: synthetic test Dice {score:.4f} AUC {report['pooled']['auc']:.4f} after {STEPS} steps")
     assert score >= MIN_DICE and score >= all_foreground_dice + MARGIN, (name, score, all_foreground_dice)

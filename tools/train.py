@@ -51,11 +51,15 @@ def cached_ssl_encoder(cfg):
     if encoder.exists():
         print(f"SSL encoder (cached): {encoder}")
         return encoder
-    print(f"SSL encoder: MoCo pretraining {m.name} first (cached in {folder})")
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg.dump(folder / "config.yaml")
-    command = [sys.executable, str(REPO_ROOT / "ssl_pretrain" / "moco.py"), "--config", str(folder / "config.yaml"),
-               "--work-dir", str(folder), "--no-progress", "--no-colour"]
+    moco = [sys.executable, str(REPO_ROOT / "ssl_pretrain" / "moco.py"), "--no-progress"]
+    if (folder / "moco.json").exists():  # an earlier pretraining was interrupted: continue it
+        print(f"SSL encoder: resuming the interrupted MoCo pretraining in {folder}")
+        command = moco + ["--resume", str(folder)]
+    else:
+        print(f"SSL encoder: MoCo pretraining {m.name} first (cached in {folder})")
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg.dump(folder / "run_config.yaml")
+        command = moco + ["--config", str(folder / "run_config.yaml"), "--work-dir", str(folder), "--no-colour"]
     if subprocess.run(command).returncode != 0 or not encoder.exists():
         raise ConfigError(f"{folder}: MoCo pretraining failed; run ssl_pretrain/moco.py yourself and pass --ssl")
     return encoder

@@ -20,11 +20,12 @@ from .hrnet import HRNet, create_hrnet, hrnet_w18, hrnet_w18_small_v1, hrnet_w18
 from .pretrained import adapt_input_conv, load_pretrained, read_torch_weights  # noqa: F401
 from .vit import VisionTransformer, vit_base_patch16, vit_large_patch16, vit_light_patch16  # noqa: F401
 
-__all__ = ["BACKBONES", "create_backbone", "ResNet", "BasicBlock", "Bottleneck", "VGG", "resnet18", "resnet34",
+__all__ = ["BACKBONES", "RESNETS", "create_backbone", "dilated_resnet", "ResNet", "BasicBlock", "Bottleneck", "VGG", "resnet18", "resnet34",
            "resnet50", "resnet101", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]
 
 BACKBONES = {fn.__name__: fn for fn in (resnet18, resnet34, resnet50, resnet101, vgg11, vgg11_bn, vgg16, vgg16_bn)}
 BACKBONES["hardnet68"] = hardnet68
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 def create_backbone(name, in_channels=3, **kwargs):
@@ -32,3 +33,11 @@ def create_backbone(name, in_channels=3, **kwargs):
     if name not in BACKBONES:
         raise ModelZooError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     return BACKBONES[name](in_channels=in_channels, **kwargs)
+
+
+def dilated_resnet(owner, name, in_channels, output_stride):
+    """The ResNet ``name`` with ``layer3``/``layer4`` dilated to ``output_stride``, for the network
+    ``owner`` (named in the error raised for any other backbone)."""
+    if name not in RESNETS:
+        raise ModelZooError(f"{owner}: encoder must be one of {', '.join(RESNETS)}, got {name!r}")
+    return create_backbone(name, in_channels, output_stride=output_stride)

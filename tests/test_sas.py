@@ -1,0 +1,103 @@
+"""SAS end to end: `tools/train.py --sas` pretrains MoCo once (cached, resumable), loads the encoder,
+trains with the SAS augmentation and the STN, and the checkpoint rebuilds the wrapped model; MoCo
+and the STN work around every registered network."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from jmedseg.checkpoint import load_checkpoint, read_checkpoint
+from jmedseg.config import load_config
+from jmedseg.engine import Trainer, build_optimizer
+from jmedseg.ssl import MoCo
+from model_zoo import create_model, list_models, tiny_args
+from model_zoo.backend import jt
+from model_zoo.stn import wrap_with_stn
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+SMALL = ["--set", "model.args.base_channels=8", "model.args.depth=3", "train.iterations=20",
+         "train.val_interval=20", "train.batch_size=4", "data.patch_size=64", "eval.distances=false"]
+
+
+def train(cache, work_dir, *args):
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "train.py"), "--model", "unet", "--no-progress",
+                           "--work-dir", str(work_dir), *args, *SMALL], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=dict(os.environ, JMEDSEG_CACHE=str(cache)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sas_run(tmp_path_factory):
+    cache, work = tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("sas")
+    return cache, work, train(cache, work, "--sas")
+
+
+def test_sas_pretrains_loads_the_encoder_and_trains_with_stn_and_augmentation(sas_run):
+    cache, work, proc = sas_run
+    folders = list((cache / "ssl").iterdir())
+    assert len(folders) == 1 and (folders[0] / "encoder.npz").is_file()
+    encoder_file = folders[0] / "encoder.npz"
+    assert "SSL encoder: MoCo pretraining unet first" in proc.stdout
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    preset = yaml.safe_load((REPO_ROOT / "configs" / "augment" / "sas.yaml").read_text())["data"]["augment"]
+    assert cfg["model"]["stn"] is True
+    assert [op["name"] for op in cfg["data"]["augment"]] == [op["name"] for op in preset]
+    assert cfg["model"]["ssl"] == str(encoder_file)
+
+    model, meta = load_checkpoint(work / "last.npz")
+    assert meta["model"]["stn"] is True and type(model).__name__ == "STNSegmenter"
+    loaded = [line for line in proc.stdout.splitlines() if line.startswith("loaded ")]
+    assert loaded == [f"loaded {len(model.model.get_encoder().state_dict())} encoder tensors from {encoder_file}"]
+
+    # Before any step the trainer's encoder holds exactly the pretrained weights.
+    trainer = Trainer(load_config(work / "config.yaml"), work / "fresh", progress=False)
+    _, arrays = read_checkpoint(encoder_file)
+    state = trainer.model.model.get_encoder().state_dict()
+    for name, var in state.items():
+        np.testing.assert_array_equal(var.numpy(), arrays[f"model/{name}"], err_msg=name)
+
+
+def test_second_sas_run_reuses_the_cached_encoder(sas_run, tmp_path):
+    cache, _, _ = sas_run
+    proc = train(cache, tmp_path / "again", "--sas")
+    assert "SSL encoder (cached):" in proc.stdout and "MoCo pretraining" not in proc.stdout
+
+
+def test_interrupted_cached_pretraining_is_resumed(sas_run, tmp_path):
+    cache, _, _ = sas_run
+    folder = next((cache / "ssl").iterdir())
+    before = read_checkpoint(folder / "encoder.npz")[1]
+    (folder / "encoder.npz").unlink()  # as if killed after its last checkpoint
+    proc = train(cache, tmp_path / "resumed", "--sas")
+    assert f"SSL encoder: resuming the interrupted MoCo pretraining in {folder}" in proc.stdout
+    after = read_checkpoint(folder / "encoder.npz")[1]
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+# -- every registered network ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list_models())
+def test_moco_step_and_stn_wrapper_work_for_every_network(name):
+    jt.set_global_seed(0)
+    model = create_model(name, **tiny_args(name))
+    moco = MoCo(model, dim=8, hidden_dim=16, queue_size=8)
+    optimizer = build_optimizer("sgd", moco.query_parameters(), 0.01, momentum=0.9)
+    views = np.random.RandomState(0).standard_normal((2, 4, 3, 64, 64)).astype(np.float32)
+    loss, top1 = moco.train_step(views[0], views[1], optimizer)
+    assert np.isfinite(loss) and 0.0 <= top1 <= 1.0
+    assert moco.queue.ptr == 4
+
+    stn = wrap_with_stn(create_model(name, num_classes=3, **tiny_args(name)))
+    stn.train()
+    out = stn(jt.array(views[0, :2]))
+    main = out[0] if isinstance(out, (list, tuple)) else out
+    assert list(main.shape) == [2, 3, 64, 64]
+    grads = jt.grad((main * main).mean(), list(stn.localisation.parameters()))
+    assert any(np.abs(g.numpy()).sum() > 0 for g in grads), "no gradient reaches the localisation network"
