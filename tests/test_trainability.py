@@ -4,8 +4,8 @@ Budget: the model's ``tiny`` arguments, 200 Adam steps (lr 2e-3, poly) of 8 rand
 CE + Dice. Pass: pooled test Dice ≥ 0.55 and at least 0.3 above the all-foreground predictor
 (the all-background predictor scores 0). A network that collapses fails here.
 
-Marked ``slow`` (about 20 minutes for the whole registry on 2 CPU cores), so the default suite
-skips it; run it with ``python -m pytest -q -s -m slow tests/test_trainability.py``.
+Marked ``slow`` (1-4 minutes per network on 2 CPU cores, over an hour for the whole registry), so
+the default suite skips it; run it with ``python -m pytest -q -s -m slow tests/test_trainability.py``.
 """
 import json
 

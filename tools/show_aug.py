@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from jmedseg.cli import new_parser, run_tool
+from jmedseg.io import atomic_write
 
 CLASS_COLOURS = [(0, 220, 0), (255, 220, 0), (0, 220, 255), (255, 0, 255), (255, 128, 0), (128, 128, 255)]
 """RGB colours of classes 1, 2, ... (cycled for more classes)."""
@@ -87,9 +88,14 @@ def main(argv):
             cells.append(overlay(*pipeline(sample.image, sample.mask, sample.fov), args.cell))
         rows.append(np.concatenate(cells, axis=1))
     grid = np.concatenate(rows, axis=0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise ConfigError(f"--out: cannot write a PNG to {out}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    try:
+        if not ok:
+            raise OSError("PNG encoding failed")
+        with atomic_write(out) as f:
+            f.write(png.tobytes())
+    except OSError as err:
+        raise ConfigError(f"--out: cannot write a PNG to {out} ({err.strerror or err})") from None
     print(f"{len(rows)} images x {1 + args.samples} columns ({pipeline!r}): {out}")
     return 0
 
