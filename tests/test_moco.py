@@ -2,16 +2,14 @@
 import csv
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, kill_after_checkpoint
 from jmedseg.checkpoint import read_checkpoint, save_checkpoint
 from jmedseg.data import generate_synthetic, synthetic_root
 from jmedseg.engine import LRSchedule, build_optimizer, set_lr
@@ -268,22 +266,8 @@ def test_sigkill_then_resume_matches_uninterrupted_moco_run(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     proc = run_moco(*TINY_RUN, "--work-dir", full)
     assert proc.returncode == 0, proc.stderr
-    # Jittor's SIGCHLD handler ends this (pytest) process when a child dies of a signal.
-    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        child = subprocess.Popen([sys.executable, str(REPO_ROOT / "ssl_pretrain" / "moco.py"), *map(str, TINY_RUN),
-                                  "--work-dir", str(killed)], cwd=REPO_ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while not (killed / "last.npz").exists():
-            assert child.poll() is None, "pretraining ended before it could be interrupted"
-            assert time.time() < deadline
-            time.sleep(0.01)
-        time.sleep(0.2)  # kill it mid-run, not right after a checkpoint
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    finally:
-        signal.signal(signal.SIGCHLD, previous)
+    kill_after_checkpoint([sys.executable, REPO_ROOT / "ssl_pretrain" / "moco.py", *TINY_RUN, "--work-dir", killed],
+                          killed / "last.npz", settle=0.2)  # mid-run, not right after a checkpoint
     killed_at = read_checkpoint(killed / "last.npz")[0]["step"]
     assert 0 < killed_at < 300, "the run finished before the kill; nothing was tested"
     assert not (killed / "encoder.npz").exists()

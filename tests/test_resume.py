@@ -1,15 +1,13 @@
 """Interruption safety: SIGKILL mid-run + --resume equals an uninterrupted run; NaN losses."""
 import csv
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, kill_after_checkpoint
 from jmedseg.checkpoint import read_checkpoint
 from jmedseg.config import load_config
 from jmedseg.engine import Trainer
@@ -36,25 +34,9 @@ def uninterrupted(tmp_path_factory):
     return run
 
 
-@pytest.fixture
-def default_sigchld():
-    # Jittor's SIGCHLD handler ends this (pytest) process when a child dies of a signal.
-    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    yield
-    signal.signal(signal.SIGCHLD, previous)
-
-
-def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path, default_sigchld):
+def test_sigkill_then_resume_matches_uninterrupted_run(uninterrupted, tmp_path):
     run = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd("--work-dir", run, "--set", *SETTINGS), cwd=REPO_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "last.npz").exists():
-        assert proc.poll() is None, "training ended before it could be interrupted"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(train_cmd("--work-dir", run, "--set", *SETTINGS), run / "last.npz")
     killed_at = read_checkpoint(run / "last.npz")[0]["step"]
     assert killed_at < 240, "the run finished before the kill; nothing was tested"
 
