@@ -1,9 +1,11 @@
 """Shared command-line plumbing: config arguments and one-line errors instead of tracebacks."""
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from . import distributed as dist
 from .errors import JMedSegError
 
 __all__ = ["run_tool", "add_config_args", "config_from_args", "new_parser", "REPO_ROOT"]
@@ -12,9 +14,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_tool(main, argv=None):
-    """Call ``main(argv)``; print expected failures as ``error: …`` (exit 2), tracebacks only with --debug."""
+    """Call ``main(argv)``; print expected failures as ``error: …`` (exit 2), tracebacks only with --debug.
+
+    Under ``mpirun`` only rank 0's standard output is kept (the ranks would print the same lines);
+    errors are printed by every rank, tagged with it, and a failing rank ends the whole job.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    where = f" (rank {dist.rank()})" if dist.is_distributed() else ""
+    if not dist.is_main():
+        sys.stdout = open(os.devnull, "w")
     from model_zoo import ModelZooError
 
     try:
@@ -25,7 +34,7 @@ def run_tool(main, argv=None):
     except (JMedSegError, ModelZooError, FloatingPointError) as err:
         if debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error{where}: {err}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from .distributed import check_writer
 from .errors import ConfigError
 
 __all__ = ["Config", "load_config", "DEFAULT_CONFIG_PATH", "CHOICES", "NULLABLE"]
@@ -491,6 +492,7 @@ class Config(Mapping):
         Missing parent folders are created. ``load_config`` reads the file back to an equal config.
         """
         path = Path(path)
+        check_writer(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

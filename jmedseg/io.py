@@ -6,6 +6,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .distributed import check_writer
+
 __all__ = ["atomic_write", "write_json", "write_text"]
 
 
@@ -13,6 +15,7 @@ __all__ = ["atomic_write", "write_json", "write_text"]
 def atomic_write(path, mode="wb"):
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
+    check_writer(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

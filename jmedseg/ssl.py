@@ -19,6 +19,12 @@ https://arxiv.org/abs/2003.04297): an MLP projection head, blur augmentation and
   its own BatchNorm batch, like one GPU each), and the key batch is randomly permuted before it is
   chunked and un-permuted after. A query and its positive key are then normalised with statistics
   of different random subsets of images. ``bn_splits=1`` turns this off.
+* Under ``mpirun`` (:mod:`jmedseg.distributed`) each rank runs its shard of the global batch;
+  gradients are averaged over ranks, so the query branches stay equal and so do their EMA key
+  branches. BatchNorm is per rank there (as per GPU in MoCo), not synchronised: the ranks'
+  ``bn_splits`` chunks are the BatchNorm batches and the key shuffle stays within a rank. The keys
+  of all ranks are gathered, in rank order, before they are enqueued, so every rank holds the same
+  queue, the one a single process would build from the global batch.
 * Augmentation (:class:`MoCoAugment`, OpenCV/NumPy, seeded): random resized crop (scale 0.2–1,
   aspect 3/4–4/3), colour jitter with probability 0.8, grayscale with probability 0.2, Gaussian
   blur with probability 0.5, horizontal flip. It works on standardised images (what
@@ -49,6 +55,7 @@ import numpy as np
 
 from model_zoo.backend import jt
 
+from . import distributed as dist
 from .checkpoint import load_model_state, load_optimizer_state, read_checkpoint, save_checkpoint
 from .data import IMAGE_EXTENSIONS, load_image
 from .errors import CheckpointError, ConfigError, DataError
@@ -363,6 +370,11 @@ class MoCo(nn.Module):
         jt.sync(list(key_state.values()))  # materialise the copies before the query starts changing
         self.queue = KeyQueue(queue_size, dim, seed=seed)
         self._rng = np.random.default_rng([seed, 1])
+        if dist.is_distributed():
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm):
+                    module.sync = False
+            dist.broadcast_state(self)
 
     @property
     def encoder(self):
@@ -372,6 +384,11 @@ class MoCo(nn.Module):
     def query_parameters(self):
         """The trainable parameters (query encoder and head) to hand to the optimizer."""
         return [p for p in self.query.parameters() if not p.is_stop_grad()]
+
+    def replicated_state(self):
+        """The state every MPI rank must hold identically, flattened: the queue and the key branch's
+        EMA-updated weights (BatchNorm running statistics are per rank)."""
+        return np.concatenate([self.queue.keys.ravel()] + [key.numpy().ravel() for key, _ in self._ema_pairs])
 
     def momentum_update(self):
         """``θ_k ← m·θ_k + (1 − m)·θ_q`` for every trainable parameter, without gradients."""
@@ -415,8 +432,11 @@ class MoCo(nn.Module):
         jt.sync([loss, logits])
         top1 = float((logits.numpy().argmax(axis=1) == 0).mean())
         optimizer.step(loss)
-        self.queue.enqueue(k)
-        return loss.item(), top1
+        if dist.is_distributed():
+            jt.sync_all()  # run the gradient all-reduces now, in the same order on every rank
+        self.queue.enqueue(dist.gather_rows(k))
+        loss, top1 = dist.mean_over_ranks([loss.item(), top1])
+        return float(loss), float(top1)
 
     def save_state(self, path, optimizer, **meta):
         """Write everything a resumed run needs: both branches (BatchNorm statistics included), the

@@ -22,10 +22,17 @@ class SegmentationModel(nn.Module):
     ``[main, aux1, ...]`` of deep-supervision outputs (any resolution; they are resized to the
     input). ``execute`` returns logits ``N x num_classes x H x W`` at the input resolution — in
     eval mode always the main output only.
+
+    ``detail_stride`` is the stride of the finest feature map whose detail reaches the logits: 1
+    (the default) when full-resolution features reach the classifier, ``s`` when the logits are
+    upsampled from stride-``s`` features alone (bilinearly, or by learned layers that get no finer
+    skip features). Such a network cannot place structures narrower than about ``s`` pixels;
+    ``tests/test_trainability.py`` takes that into account.
     """
 
     size_divisor = 1
     min_input_size = 32
+    detail_stride = 1
 
     def get_encoder(self):
         """The encoder submodule, whose weights self-supervised pretraining learns and transfers."""

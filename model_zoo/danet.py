@@ -116,6 +116,7 @@ class DANet(SegmentationModel):
     """
 
     size_divisor = 8
+    detail_stride = 8
     min_input_size = 32
 
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", head_channels=512, aux_head=True,

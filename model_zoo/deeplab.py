@@ -69,6 +69,7 @@ class DeepLabV2(SegmentationModel):
     """
 
     size_divisor = 8
+    detail_stride = 8
 
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", rates=(6, 12, 18, 24)):
         super().__init__()
@@ -97,6 +98,8 @@ class DeepLabV3Plus(SegmentationModel):
     Returns logits ``N x num_classes x H x W`` (bilinear upsampling, ``align_corners=False``);
     inputs are padded internally to a multiple of ``output_stride``.
     """
+
+    detail_stride = 4
 
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", output_stride=16, aspp_channels=256,
                  low_level_channels=48, decoder_channels=256, dropout=0.1):

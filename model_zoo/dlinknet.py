@@ -62,6 +62,7 @@ class DLinkNet(SegmentationModel):
     """
 
     size_divisor = 32
+    detail_stride = 4
 
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet34", dilations=(1, 2, 4, 8)):
         super().__init__()

@@ -43,6 +43,7 @@ class EANet(SegmentationModel):
     """
 
     size_divisor = 8
+    detail_stride = 8
     min_input_size = 32
 
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", head_channels=512, memory_size=64,

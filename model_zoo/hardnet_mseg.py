@@ -164,13 +164,13 @@ class HarDNetMSEG(SegmentationModel):
         first = 1 if fine_level else 2
         self.rfbs = nn.ModuleList([ReceptiveFieldBlock(widths[i], decoder_channels) for i in range(first, 5)])
         self.decoder = PartialDecoder(decoder_channels, num_classes, fine_level)
-        self.output_stride = self.encoder.strides[first]
+        self.detail_stride = self.encoder.strides[first]
 
     def forward_logits(self, x):
         features = self.encoder(x)[5 - len(self.rfbs):]
         reduced = [rfb(f) for rfb, f in zip(self.rfbs, features)]
         logits = self.decoder(*reversed(reduced))
-        return nn.interpolate(logits, scale_factor=self.output_stride, mode="bilinear", align_corners=False)
+        return nn.interpolate(logits, scale_factor=self.detail_stride, mode="bilinear", align_corners=False)
 
 
 @register_model(tiny={"decoder_channels": 8})

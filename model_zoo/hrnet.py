@@ -37,6 +37,7 @@ class HRNetV2(SegmentationModel):
     """
 
     size_divisor = 32
+    detail_stride = 4
 
     def __init__(self, in_channels=3, num_classes=2, backbone="hrnet_w48", width=None):
         super().__init__()

@@ -141,6 +141,7 @@ class LRFEANet(SegmentationModel):
     """
 
     size_divisor = 16
+    detail_stride = 16
     min_input_size = 32
 
     def __init__(self, in_channels=3, num_classes=2, base_channels=64, depths=(5, 5, 18, 4), memory_size=64,

@@ -168,6 +168,7 @@ class OCNet(SegmentationModel):
     """
 
     size_divisor = 8
+    detail_stride = 8
     min_input_size = 32
 
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet101", context="asp", head_channels=512,

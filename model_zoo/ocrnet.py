@@ -52,6 +52,7 @@ class OCRNet(SegmentationModel):
     """
 
     size_divisor = 32
+    detail_stride = 4
 
     def __init__(self, in_channels=3, num_classes=2, backbone="hrnet_w48", width=None, ocr_channels=512,
                  key_channels=256, aux_head=True, dropout=0.05):

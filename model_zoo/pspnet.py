@@ -40,6 +40,7 @@ class PSPNet(SegmentationModel):
     """
 
     size_divisor = 8
+    detail_stride = 8
 
     def __init__(self, in_channels=3, num_classes=2, encoder="resnet50", bins=(1, 2, 3, 6), head_channels=512,
                  aux_head=True, aux_channels=256, dropout=0.1):

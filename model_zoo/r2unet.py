@@ -92,7 +92,9 @@ def r2unet(in_channels=3, num_classes=2, base_channels=64, depth=4, recurrence=2
     return R2UNet(in_channels, num_classes, base_channels, depth, recurrence, attention=False)
 
 
-@register_model(tiny={"base_channels": 8})
+# Tiny width 16: at 8 the attention gates (2-channel intermediates) leave it at Dice 0.37 after the
+# trainability budget; at 16 it reaches 0.64 / 0.70 (seeds 0 / 1).
+@register_model(tiny={"base_channels": 16})
 def r2attunet(in_channels=3, num_classes=2, base_channels=64, depth=4, recurrence=2):
     """R2AttU-Net: R2U-Net with attention-gated skip connections (base 64, t=2)."""
     return R2UNet(in_channels, num_classes, base_channels, depth, recurrence, attention=True)

@@ -152,6 +152,7 @@ class SETR(SegmentationModel):
     """
 
     size_divisor = 16
+    detail_stride = 16
 
     def __init__(self, in_channels=3, num_classes=2, decoder="pup", embed_dim=1024, depth=24, num_heads=16,
                  img_size=384, decoder_channels=256, aux_head=True):

@@ -22,6 +22,7 @@ import math
 import time
 from pathlib import Path
 
+from jmedseg import distributed as dist
 from jmedseg.cli import add_config_args, config_from_args, new_parser, run_tool
 from jmedseg.errors import CheckpointError, ConfigError
 
@@ -99,7 +100,7 @@ def main(argv):
     add_config_args(parser)
     parser.add_argument("--split", help="images sub-folder <data>/<split>/images (default: data.train_split)")
     parser.add_argument("--iterations", type=positive(int), default=60, help="optimizer steps")
-    parser.add_argument("--batch", type=positive(int), default=16, help="images per batch")
+    parser.add_argument("--batch", type=positive(int), default=16, help="images per batch (the global batch under mpirun)")
     parser.add_argument("--size", type=positive(int),
                         help="side of the augmented views (default: 64, raised to the model's minimum input size "
                              "and rounded up to its size divisor)")
@@ -133,8 +134,12 @@ def main(argv):
         raise ConfigError(f"--momentum: must be in [0, 1), got {args.momentum}")
     if args.min_scale > 1:
         raise ConfigError(f"--min-scale: must be in (0, 1], got {args.min_scale}")
-    if args.batch % args.bn_splits:
-        raise ConfigError(f"--batch {args.batch}: must be a multiple of --bn-splits {args.bn_splits}")
+    local_batch = dist.local_batch_size(args.batch, "--batch")
+    if local_batch % args.bn_splits:
+        per_rank = f" per rank ({dist.world_size()} MPI ranks)" if dist.is_distributed() else ""
+        raise ConfigError(f"--batch {args.batch}: {local_batch} images{per_rank} must be a multiple of "
+                          f"--bn-splits {args.bn_splits}")
+    dist.check_backend()
 
     import numpy as np
     from tqdm import tqdm
@@ -170,6 +175,7 @@ def main(argv):
     optimizer = build_optimizer("sgd", moco.query_parameters(), args.lr, args.weight_decay, momentum=0.9)
     schedule = LRSchedule("cosine", args.lr, args.iterations)
     work_dir = pick_work_dir(args.work_dir, m.name)
+    dist.barrier()  # every rank picks the folder before rank 0 writes into it
     last = work_dir / "last.npz"
     rows, window, first_step, elapsed = [], [], 0, 0.0
     if args.resume:
@@ -184,12 +190,13 @@ def main(argv):
         if (work_dir / "moco.json").exists():
             raise ConfigError(f"--work-dir {work_dir}: holds a MoCo run already; continue it with --resume "
                               f"{work_dir} or pick another folder")
-        try:
-            work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"{work_dir}: cannot create the run folder ({err.strerror})") from None
-        cfg.dump(work_dir / "config.yaml")
-        write_json(work_dir / "moco.json", {name: getattr(args, name) for name in RUN_OPTIONS})
+        if dist.is_main():
+            try:
+                work_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"{work_dir}: cannot create the run folder ({err.strerror})") from None
+            cfg.dump(work_dir / "config.yaml")
+            write_json(work_dir / "moco.json", {name: getattr(args, name) for name in RUN_OPTIONS})
 
     print(f"run folder: {work_dir}")
     print(f"MoCo v2: {m.name} encoder ({count_parameters(moco.encoder) / 1e6:.2f} M params) on {device}; "
@@ -200,13 +207,13 @@ def main(argv):
               f"keys of the query's own image as negatives; instance-discrimination accuracy stays low")
 
     start = window_start = time.perf_counter() - elapsed
-    bar = tqdm(total=args.iterations, initial=first_step, desc=f"moco {m.name}", disable=args.no_progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=args.iterations, initial=first_step, desc=f"moco {m.name}",
+               disable=args.no_progress or not dist.is_main(), dynamic_ncols=True)
     for step in range(first_step, args.iterations):
         lr = schedule.lr_at(step)
         set_lr(optimizer, lr)
         queries, keys = next(sampler)
-        loss, top1 = moco.train_step(queries, keys, optimizer)
+        loss, top1 = moco.train_step(dist.shard(queries), dist.shard(keys), optimizer)
         if not math.isfinite(loss):
             hint = f"; the last good state is {last}" if last.exists() else ""
             raise FloatingPointError(f"loss became {loss} at step {step + 1} (lr {lr:.3g}); try a lower --lr{hint}")
@@ -218,14 +225,23 @@ def main(argv):
             rows.append({"step": step + 1, "lr": lr, "loss": float(mean_loss), "top1": float(mean_top1),
                          "images_per_s": len(window) * args.batch / max(now - window_start, 1e-9),
                          "elapsed_s": now - start})
-            write_text(work_dir / "log.csv", rows_to_csv(rows))
+            if dist.is_main():
+                write_text(work_dir / "log.csv", rows_to_csv(rows))
             bar.set_postfix(loss=f"{mean_loss:.4f}", top1=f"{mean_top1:.3f}", lr=f"{lr:.2e}")
             window, window_start = [], now
-        if (step + 1) % args.checkpoint_interval == 0 or step + 1 == args.iterations:
+        if dist.is_main() and ((step + 1) % args.checkpoint_interval == 0 or step + 1 == args.iterations):
             moco.save_state(last, optimizer, step=step + 1, rows=rows, window=window, elapsed_s=now - start,
                             sampler=sampler.state_dict())
     bar.close()
 
+    if dist.is_distributed():
+        drift = dist.divergence(moco.replicated_state())
+        if drift > 1e-6:
+            raise RuntimeError(f"MPI ranks diverged: the queue or key encoder differs by {drift:.3g} between ranks")
+        print(f"{dist.world_size()} ranks agree: the same queue and key encoder on every rank "
+              f"(largest difference {drift:.1e})")
+    if not dist.is_main():
+        return 0
     moco.save_encoder(work_dir / "encoder.npz", iterations=args.iterations, batch_size=args.batch, size=args.size,
                       lr=args.lr, weight_decay=args.weight_decay, min_scale=args.min_scale,
                       colour_augment=not args.no_colour, seed=seed, data=str(paths[0].parent),

@@ -230,5 +230,5 @@ def test_hardnet_mseg_rfbs_read_the_right_strides():
     alt = create_model("hardnet_mseg_alt", decoder_channels=4)
     assert [r.conv_res.conv.in_channels for r in model.rfbs] == [320, 640, 1024]
     assert [r.conv_res.conv.in_channels for r in alt.rfbs] == [128, 320, 640, 1024]
-    assert (model.output_stride, alt.output_stride) == (8, 4)
+    assert (model.detail_stride, alt.detail_stride) == (8, 4)
     assert isinstance(model.get_encoder(), HarDNet)

@@ -5,6 +5,7 @@
 """
 from pathlib import Path
 
+from jmedseg import distributed as dist
 from jmedseg.cli import add_config_args, config_from_args, new_parser, run_tool
 from jmedseg.errors import ConfigError
 
@@ -51,6 +52,9 @@ def cached_ssl_encoder(cfg):
     if encoder.exists():
         print(f"SSL encoder (cached): {encoder}")
         return encoder
+    if dist.is_distributed():
+        raise ConfigError(f"--sas under mpirun: no cached SSL encoder for this model and data ({encoder}); "
+                          "run ssl_pretrain/moco.py first (mpirun works there too) and pass --ssl ENCODER")
     moco = [sys.executable, str(REPO_ROOT / "ssl_pretrain" / "moco.py"), "--no-progress"]
     if (folder / "moco.json").exists():  # an earlier pretraining was interrupted: continue it
         print(f"SSL encoder: resuming the interrupted MoCo pretraining in {folder}")
@@ -107,10 +111,12 @@ def main(argv):
             args.set.append(f"model.ssl={cached_ssl_encoder(cfg)}")
             cfg = config_from_args(args)
         work_dir = pick_work_dir(cfg, args.work_dir, args.overwrite)
-        try:
-            work_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"{work_dir}: cannot create the run folder ({err.strerror})") from None
+        dist.barrier()  # every rank picks the folder before rank 0 writes into it
+        if dist.is_main():
+            try:
+                work_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"{work_dir}: cannot create the run folder ({err.strerror})") from None
         trainer = Trainer(cfg, work_dir, progress=not args.no_progress)
     if trainer.ssl_tensors:
         print(f"loaded {trainer.ssl_tensors} encoder tensors from {cfg.model.ssl}")

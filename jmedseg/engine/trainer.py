@@ -20,6 +20,7 @@ from model_zoo.backend import jt, set_device
 
 from ..checkpoint import (load_checkpoint, load_model_state, load_optimizer_state, read_checkpoint,
                           save_checkpoint)
+from .. import distributed as dist
 from ..data import TrainSampler, build_datasets
 from ..errors import CheckpointError, ConfigError
 from ..io import write_json, write_text
@@ -60,6 +61,14 @@ class Trainer:
     Jittor's generator is re-seeded from (seed, step) every step, so a run killed at any moment
     and resumed produces the same losses and weights as an uninterrupted run.
 
+    Data-parallel under ``mpirun -np N`` (:mod:`jmedseg.distributed`): ``train.batch_size`` is the
+    global batch. Every rank draws the same global batch from one sampler stream and computes the
+    forward and backward pass of its own contiguous shard of ``batch_size / N`` items (so the ranks
+    see disjoint parts of every epoch); Jittor averages the gradients and synchronises BatchNorm
+    over the global batch. The per-image losses (cross-entropy means, per-image Dice) average to the
+    single-process loss, so an N-rank run follows the 1-rank run with the same global batch. Only
+    rank 0 validates, tests, shows progress and writes files; the logged loss is the mean over ranks.
+
     Args:
         cfg: a resolved :class:`jmedseg.config.Config`.
         work_dir: the run folder (created).
@@ -67,7 +76,8 @@ class Trainer:
     """
 
     def __init__(self, cfg, work_dir, progress=True):
-        self.cfg, self.work_dir, self.progress = cfg, Path(work_dir), progress
+        dist.check_backend()
+        self.cfg, self.work_dir, self.progress = cfg, Path(work_dir), progress and dist.is_main()
         self.device = set_device(cfg.device)
         self.seed = int(cfg.train.seed)
         jt.set_global_seed(self.seed)
@@ -83,6 +93,11 @@ class Trainer:
         self.ssl_tensors = load_encoder_weights(self.model, m.ssl) if m.ssl else 0
         if m.stn:
             self.model = wrap_with_stn(self.model)
+        dist.local_batch_size(t.batch_size, "train.batch_size")
+        # Jittor computes initial weights lazily, drawing from whatever seed is current at the first
+        # forward pass; materialise them now, from the run's seed, before the per-step reseeding.
+        jt.sync(list(self.model.state_dict().values()))
+        dist.broadcast_state(self.model)
         self.sampler = TrainSampler(self.datasets["train"], batch_size=t.batch_size, mode=d.mode,
                                     patch_size=d.patch_size, image_size=d.image_size,
                                     foreground_bias=d.foreground_bias, flip=d.flip, seed=self.seed,
@@ -123,12 +138,15 @@ class Trainer:
         return dict(model=dict(self.model_spec), config=self.cfg.to_dict(), step=self.step, **extra)
 
     def _save(self, name, with_optimizer=False, **extra):
+        if not dist.is_main():
+            return
         save_checkpoint(self.work_dir / name, self.model, self._meta(**extra),
                         optimizer=self.optimizer if with_optimizer else None)
 
     def save_last(self):
         """Write ``last.npz``: everything :meth:`resume` needs."""
         self._save("last.npz", with_optimizer=True, trainer_state=self.state_dict())
+        dist.barrier()  # complete on disk before any rank may reload it (NaN recovery)
 
     def resume(self, path=None):
         """Restore weights, optimizer, sampler and trainer state from ``path`` (default ``last.npz``)."""
@@ -146,6 +164,7 @@ class Trainer:
 
     # -- training --------------------------------------------------------------------------------
     def _train_step(self, images, masks):
+        images, masks = dist.shard(images), dist.shard(masks)
         logits = self.model(jt.array(images))
         multi = isinstance(logits, (list, tuple))
         if isinstance(self.loss_fn, DeepSupervisionLoss):
@@ -167,7 +186,11 @@ class Trainer:
             self.optimizer.step()
         else:
             self.optimizer.step(loss)
-        return loss.item()
+        if dist.is_distributed():
+            # BatchNorm's running statistics hold pending all-reduces; run them now, on every rank
+            # in the same order, not lazily when rank 0 alone reads them in validation.
+            jt.sync_all()
+        return dist.mean_over_ranks(loss.item())
 
     def _recover_from_nan(self, loss, lr):
         """Reload ``last.npz`` with a lower learning rate, or stop naming the step."""
@@ -184,9 +207,9 @@ class Trainer:
         tqdm.write(f"{message}: retry {retries}/{t.nan_retries} from step {self.step} with lr x{scale:g}")
 
     def validate(self):
-        """Evaluate on the validation split; keep ``best.npz`` by pooled Dice."""
+        """Evaluate on the validation split (rank 0 only); keep ``best.npz`` by pooled Dice."""
         val = self.datasets.get("val")
-        if not val:
+        if not val or not dist.is_main():
             return None
         e = self.cfg.eval
         summary = evaluate(self.model, val, self.num_classes, threshold=e.threshold, use_fov=e.use_fov,
@@ -205,8 +228,9 @@ class Trainer:
     def train(self):
         """Run the remaining steps (all of them, or those after :meth:`resume`)."""
         t, cfg = self.cfg.train, self.cfg
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        cfg.dump(self.work_dir / "config.yaml")
+        if dist.is_main():
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            cfg.dump(self.work_dir / "config.yaml")
         self.model.train()
         batches = iter(self.sampler)
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.model.name}",
@@ -218,7 +242,9 @@ class Trainer:
             # Dropout and other random layers draw from a generator seeded by (seed, step), so a
             # resumed run draws what an uninterrupted one would. Jittor's nearby seeds give
             # correlated streams, hence the SeedSequence mixing.
-            jt.set_seed(int(np.random.SeedSequence([self.seed, self.step]).generate_state(1)[0] >> 1))
+            # Under MPI each rank draws its own stream.
+            entropy = [self.seed, self.step] + ([dist.rank()] if dist.is_distributed() else [])
+            jt.set_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1))
             images, masks = next(batches)
             loss = self._train_step(images, masks)
             if not math.isfinite(loss):
@@ -235,7 +261,8 @@ class Trainer:
                        "images_per_s": self.window_steps * t.batch_size / max(now - window_start, 1e-9),
                        "elapsed_s": self.elapsed}
                 self.log_rows.append(row)
-                write_text(self.work_dir / "log.csv", _rows_to_csv(self.log_rows))
+                if dist.is_main():
+                    write_text(self.work_dir / "log.csv", _rows_to_csv(self.log_rows))
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{row['images_per_s']:.1f}")
                 self.window_loss, self.window_steps, window_start = 0.0, 0, time.perf_counter()
             if self.step % t.val_interval == 0 or self.step == self.total_steps:
@@ -248,15 +275,16 @@ class Trainer:
         bar.close()
         if not self.datasets.get("val"):
             self._save("best.npz")
-        write_json(self.work_dir / "history.json",
-                   {"train": self.log_rows, "val": self.val_rows, "train_time_s": self.elapsed,
-                    "best_val_dice": None if self.best_dice == -math.inf else self.best_dice})
+        if dist.is_main():
+            write_json(self.work_dir / "history.json",
+                       {"train": self.log_rows, "val": self.val_rows, "train_time_s": self.elapsed,
+                        "best_val_dice": None if self.best_dice == -math.inf else self.best_dice})
         return self.val_rows[-1] if self.val_rows else None
 
     def test(self):
-        """Evaluate ``best.npz`` on the test split; writes ``test_report.json`` and returns it."""
+        """Evaluate ``best.npz`` on the test split (rank 0 only); writes ``test_report.json`` and returns it."""
         test = self.datasets.get("test")
-        if not test:
+        if not test or not dist.is_main():
             return None
         model, meta = load_checkpoint(self.work_dir / "best.npz")
         e = self.cfg.eval
