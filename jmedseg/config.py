@@ -21,7 +21,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -29,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from .distributed import check_writer
 from .errors import ConfigError
+from .io import write_text
 
 __all__ = ["Config", "load_config", "DEFAULT_CONFIG_PATH", "CHOICES", "NULLABLE"]
 
@@ -491,16 +490,5 @@ class Config(Mapping):
 
         Missing parent folders are created. ``load_config`` reads the file back to an equal config.
         """
-        path = Path(path)
-        check_writer(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(text)
-            os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_text(path, text)

@@ -12,17 +12,18 @@ __all__ = ["atomic_write", "write_json", "write_text"]
 
 
 @contextmanager
-def atomic_write(path, mode="wb"):
+def atomic_write(path, mode="wb", encoding=None):
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
     check_writer(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -31,7 +32,7 @@ def atomic_write(path, mode="wb"):
 
 
 def write_text(path, text):
-    with atomic_write(path, "w") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
 
 

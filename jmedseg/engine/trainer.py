@@ -18,9 +18,9 @@ from model_zoo import create_model
 from model_zoo.stn import wrap_with_stn
 from model_zoo.backend import jt, set_device
 
+from .. import distributed as dist
 from ..checkpoint import (load_checkpoint, load_model_state, load_optimizer_state, read_checkpoint,
                           save_checkpoint)
-from .. import distributed as dist
 from ..data import TrainSampler, build_datasets
 from ..errors import CheckpointError, ConfigError
 from ..io import write_json, write_text
