@@ -78,9 +78,9 @@ from .errors import ConfigError, DataError
 from .io import atomic_write, write_json, write_text
 
 __all__ = ["Profile", "PlannedModel", "PROFILE_DIR", "STATUSES", "load_profile", "list_profiles", "import_plugins",
-           "resolve_data_root", "select_models", "model_args_for", "model_config", "plan_benchmark", "run_benchmark",
-           "run_worker", "write_results", "results_rows", "git_commit", "host_info", "draw_scatter",
-           "draw_prediction_grid"]
+           "resolve_data_root", "select_models", "model_args_for", "model_overrides_for", "model_config",
+           "plan_benchmark", "run_benchmark", "run_worker", "write_results", "results_rows", "git_commit", "host_info",
+           "draw_scatter", "draw_prediction_grid"]
 
 PROFILE_DIR = REPO_ROOT / "configs" / "benchmark"
 STATUSES = ("ok", "collapsed", "nan", "failed", "timeout")
@@ -377,6 +377,11 @@ def model_args_for(profile, name):
     return args
 
 
+def model_overrides_for(profile, name):
+    """``profile``'s per-model config keys for ``name`` as ``load_config`` overrides (``[]`` if none)."""
+    return _as_overrides(profile.model_overrides.get(name, {}))
+
+
 def model_config(profile, name, data_root=None):
     """The resolved training config of model ``name`` under ``profile``.
 
@@ -389,7 +394,7 @@ def model_config(profile, name, data_root=None):
         overrides += [f"train.iterations={profile.iterations}", "train.epochs=null"]
     if data_root is not None:
         overrides.append(f"data.root={json.dumps(str(data_root))}")
-    overrides += _as_overrides(profile.model_overrides.get(name, {}))
+    overrides += model_overrides_for(profile, name)
     try:
         return load_config(profile.config, overrides)
     except ConfigError as err:

@@ -94,14 +94,20 @@ class OCRNet(SegmentationModel):
         return n * self.ocr.matmul_flops(pixels, self.num_classes)
 
 
-@register_model(tiny={"backbone": "hrnet_w18_small_v1", "width": 4, "ocr_channels": 16, "key_channels": 8})
+# Narrow test configuration: branch width 8, not HRNet's tiny 4. At width 4 with unsupervised regions
+# OCRNet failed the trainability check (synthetic Dice 0.53 after 200 steps); at width 8 with the
+# paper's region loss (weight 0.4, the smoke profile's recipe) it reaches 0.62 / 0.64 (seeds 0, 1).
+_TINY = {"backbone": "hrnet_w18_small_v1", "width": 8, "ocr_channels": 16, "key_channels": 8}
+
+
+@register_model(tiny=_TINY)
 def ocrnet(in_channels=3, num_classes=2, backbone="hrnet_w48", width=None, ocr_channels=512, key_channels=256,
            aux_head=True, dropout=0.05):
     """OCRNet with HRNetV2-W48 and the paper's 512/256 OCR widths."""
     return OCRNet(in_channels, num_classes, backbone, width, ocr_channels, key_channels, aux_head, dropout)
 
 
-@register_model(tiny={"backbone": "hrnet_w18_small_v1", "width": 4, "ocr_channels": 16, "key_channels": 8})
+@register_model(tiny=_TINY)
 def ocrnet_w18(in_channels=3, num_classes=2, backbone="hrnet_w18", width=None, ocr_channels=256, key_channels=128,
                aux_head=True, dropout=0.05):
     """Light OCRNet: HRNetV2-W18 backbone, OCR widths halved to 256/128 (MMSegmentation's ``ocrnet_hr18``

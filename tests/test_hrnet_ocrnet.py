@@ -198,8 +198,9 @@ def test_ocr_head_parameter_count():
 
 
 def test_encoder_is_the_backbone_and_takes_its_weights():
-    source = create_hrnet("hrnet_w18_small_v1", in_channels=1, width=4)
-    model = create_model("ocrnet", in_channels=1, **tiny_args("ocrnet"))
+    tiny = tiny_args("ocrnet")
+    source = create_hrnet(tiny["backbone"], in_channels=1, width=tiny["width"])
+    model = create_model("ocrnet", in_channels=1, **tiny)
     assert isinstance(model.get_encoder(), HRNet)
     assert "encoder.stage4.0.fuse_layers.3.0.2.0.weight" in model.state_dict()
     model.get_encoder().load_state_dict(source.state_dict())

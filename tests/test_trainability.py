@@ -24,6 +24,11 @@ constant probabilities) had Dice 0 and AUC 0.58. AUC alone is a weak test here: 
 channel of the image already scores 0.87 (a per-pixel linear colour model 0.91), so the coarse rule
 asks for a thresholded mask clearly better than "all vessel" as well.
 
+Per-model training keys come from the smoke benchmark profile (``model_overrides`` in
+``configs/benchmark/smoke.yaml``), so this check and the smoke table train each network the same
+way: OCRNet with the paper's 0.4-weighted loss on its soft object regions, HarDNet-MSEG (a plain,
+68-layer encoder at full width trained from scratch) at a lower learning rate.
+
 Marked ``slow`` (1-12 minutes per network on 2 shared CPU cores, over an hour for the registry),
 so the default suite skips it; run it with ``python -m pytest -q -s -m slow
 tests/test_trainability.py``. The rule itself is checked fast, against constant predictors.
@@ -33,6 +38,7 @@ import json
 import numpy as np
 import pytest
 
+from jmedseg.benchmark import load_profile, model_overrides_for
 from jmedseg.config import load_config
 from jmedseg.engine import Trainer
 from jmedseg.metrics import dice
@@ -76,7 +82,8 @@ def test_trains_above_trivial_predictors(name, tmp_path, all_foreground_dice):
     cfg = load_config(None, [f"model.name={name}", f"model.args={json.dumps(tiny_args(name))}",
                              f"train.iterations={STEPS}",
                              "train.batch_size=8", "data.patch_size=64", "train.lr=2e-3",
-                             f"train.val_interval={STEPS}", "eval.distances=false", "eval.tile_size=64"])
+                             f"train.val_interval={STEPS}", "eval.distances=false", "eval.tile_size=64",
+                             *model_overrides_for(load_profile("smoke"), name)])
     trainer = Trainer(cfg, tmp_path, progress=False)
     trainer.train()
     report = trainer.test()
