@@ -697,12 +697,19 @@ def _run_in_worker(spec, model_dir, timeout_s):
 
 
 # ----------------------------------------------------------------------------------- environment
-def git_commit(repo=REPO_ROOT):
-    """``git rev-parse HEAD`` of ``repo`` with ``-dirty`` when the tree has changes; ``unknown`` without git."""
+def git_commit(repo=REPO_ROOT, ignore=()):
+    """``git rev-parse HEAD`` of ``repo`` with ``-dirty`` when the tree has changes; ``unknown`` without git.
+
+    Changes under the folders ``ignore`` do not count: a benchmark's own results folder, tracked in
+    git and rewritten by the run that is being labelled (or by the interrupted run it resumes).
+    """
+    repo = Path(repo).resolve()
+    excluded = [f":(exclude){Path(folder).resolve().relative_to(repo).as_posix()}" for folder in ignore
+                if Path(folder).resolve().is_relative_to(repo)]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                                cwd=repo, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
@@ -782,7 +789,7 @@ def run_benchmark(profile, data=None, models=None, work_dir="work_dirs/benchmark
     _check_test_split(plan[0].config)
     # Workers inherit the environment this process set up for oneDNN and report it as "set by
     # user"; this process knows how it was set up.
-    host = dict(host_info(), commit=git_commit(), onednn=backend.onednn_status)
+    host = dict(host_info(), commit=git_commit(ignore=[results_dir]), onednn=backend.onednn_status)
     selected = select_models(profile, models)
     todo = [p for p in plan if p.run]
     log(f"benchmark {profile.name!r}: {len(selected)} of its {len(plan)} models selected, {len(todo)} to run, "

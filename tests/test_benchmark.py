@@ -10,7 +10,7 @@ import pytest
 
 import model_zoo.registry as registry
 from conftest import REPO_ROOT
-from jmedseg.benchmark import (PlannedModel, load_profile, list_profiles, model_config, plan_benchmark,
+from jmedseg.benchmark import (PlannedModel, git_commit, load_profile, list_profiles, model_config, plan_benchmark,
                                resolve_data_root, run_benchmark, run_worker, select_models)
 from jmedseg.errors import ConfigError, DataError
 from model_zoo import count_parameters, create_model, list_models, tiny_args
@@ -354,3 +354,23 @@ def test_a_worker_past_its_time_limit_is_killed_and_the_run_goes_on(tmp_path, ow
     assert record["status"] == "timeout" and record["wall_s"] < 30
     assert record["reason"] == "no result after 0.1 min (timeout_min); the worker was killed"
     assert "| `bench_slow` | timeout |" in (tmp_path / "results" / "slow" / "README.md").read_text()
+
+
+def test_commit_label_ignores_only_the_results_folder(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results" / "table.csv").write_text("dice\n0.5\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 40 and git_commit(tmp_path, ignore=[tmp_path / "results"]) == clean
+    (tmp_path / "results" / "table.csv").write_text("dice\n0.7\n")
+    assert git_commit(tmp_path) == clean + "-dirty"
+    assert git_commit(tmp_path, ignore=[tmp_path / "results"]) == clean
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit(tmp_path, ignore=[tmp_path / "results"]) == clean + "-dirty"
