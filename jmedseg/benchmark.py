@@ -700,8 +700,8 @@ def _run_in_worker(spec, model_dir, timeout_s):
 def git_commit(repo=REPO_ROOT, ignore=()):
     """``git rev-parse HEAD`` of ``repo`` with ``-dirty`` when the tree has changes; ``unknown`` without git.
 
-    Changes under the folders ``ignore`` do not count: a benchmark's own results folder, tracked in
-    git and rewritten by the run that is being labelled (or by the interrupted run it resumes).
+    Changes to the files or under the folders ``ignore`` do not count: the results a tool writes,
+    tracked in git and rewritten by the run being labelled (or by the interrupted run it resumes).
     """
     repo = Path(repo).resolve()
     excluded = [f":(exclude){Path(folder).resolve().relative_to(repo).as_posix()}" for folder in ignore

@@ -1,0 +1,168 @@
+"""SAS ablation: baseline, +Aug, +STN, +SSL and +SAS over several seeds, in-domain and corrupted.
+
+    python tools/sas_ablation.py --data ../shared/data/DRIVE                       # DRIVE, seeds 0 1 2
+    python tools/sas_ablation.py --config configs/synthetic/unet.yaml --seeds 0 \\
+        --set train.iterations=100 --severities 3 --out /tmp/ablation.md            # a quick look
+
+Every (variant, seed) run is ``tools/train.py`` with the variant's flags, then ``tools/test.py
+--corruptions`` on its weights: the in-domain test Dice (pooled, the config's evaluation) and the
+mean Dice over the corruption suite. +SSL and +SAS share, per seed, one MoCo-pretrained encoder
+(``ssl_pretrain/moco.py`` on the training images). Run folders live under ``--work-dir``; a run
+whose report exists is skipped, an interrupted training is resumed, so the command can be stopped
+and started again. The table (mean ± sample std over seeds, the per-seed values, the command,
+commit and hardware) is rewritten after every run.
+"""
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jmedseg.cli import REPO_ROOT, new_parser, run_tool
+from jmedseg.errors import ConfigError
+
+VARIANTS = {"baseline": [], "aug": ["--aug"], "stn": ["--stn"], "ssl": ["--ssl"], "sas": ["--sas", "--ssl"]}
+"""Variant name -> tools/train.py flags; ``--ssl`` is followed by the seed's MoCo encoder."""
+LABELS = {"baseline": "UNet baseline", "aug": "+Aug", "stn": "+STN", "ssl": "+SSL", "sas": "+SAS (all three)"}
+
+
+def _run(command, log):
+    """Run a project tool, its output appended to ``log``; a failure names the log."""
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"$ {shlex.join(command)}\n")
+        out.flush()
+        if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT).returncode != 0:
+            raise ConfigError(f"{log}: `{shlex.join(command[1:3])} …` failed; its output is in this log")
+
+
+def _common(args):
+    flags = ["--config", str(Path(args.config).resolve())]
+    if args.data:
+        flags += ["--data", str(Path(args.data).resolve())]
+    return flags
+
+
+def ssl_encoder(args, seed, work_dir):
+    """The seed's MoCo encoder, pretrained on the training images once and reused."""
+    folder = work_dir / f"moco-seed{seed}"
+    encoder = folder / "encoder.npz"
+    if not encoder.exists():
+        command = [sys.executable, "ssl_pretrain/moco.py", "--no-progress"]
+        if (folder / "moco.json").exists():  # interrupted: continue with its saved settings
+            command += ["--resume", str(folder)]
+        else:
+            command += [*_common(args), "--seed", str(seed), "--no-colour", "--iterations", str(args.moco_iterations),
+                        "--work-dir", str(folder)]
+            if args.set:
+                command += ["--set", *args.set]
+        _run(command, work_dir / f"moco-seed{seed}.log")
+    return encoder
+
+
+def run_variant(args, variant, seed, work_dir):
+    """Train and score one (variant, seed); returns (in-domain Dice, corruption-suite mean Dice)."""
+    run = work_dir / f"{variant}-seed{seed}"
+    report = run / "robustness.json"
+    log = work_dir / f"{variant}-seed{seed}.log"
+    if not report.exists():
+        if not (run / "test_report.json").exists():
+            if (run / "last.npz").exists():
+                command = [sys.executable, "tools/train.py", "--resume", str(run), "--no-progress"]
+            else:
+                flags = [f if f != "--ssl" else f"--ssl={ssl_encoder(args, seed, work_dir)}"
+                         for f in VARIANTS[variant]]
+                command = [sys.executable, "tools/train.py", *_common(args), "--seed", str(seed), *flags,
+                           "--work-dir", str(run), "--overwrite", "--no-progress"]
+                if args.set:
+                    command += ["--set", *args.set]
+            _run(command, log)
+        _run([sys.executable, "tools/test.py", str(run / "best.npz"), "--corruptions", *args.corruptions,
+              "--severities", args.severities, "--out", str(report)], log)
+    scores = json.loads(report.read_text(encoding="utf-8"))
+    return scores["pooled"]["dice"], scores["corruption_mean_dice"]
+
+
+def _mean_std(values):
+    if len(values) < 2:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def write_table(path, args, results, command):
+    """The markdown report: mean ± std per variant, the change against the baseline, per-seed values."""
+    from jmedseg.benchmark import git_commit, host_info
+    from jmedseg.io import write_text
+
+    base = results.get("baseline", {})
+    config = Path(args.config).resolve()
+    shown = config.relative_to(REPO_ROOT) if config.is_relative_to(REPO_ROOT) else config
+    lines = ["# SAS ablation", "",
+             f"Config `{shown}`, data `{args.data or 'from the config'}`, seeds {', '.join(map(str, args.seeds))}"
+             f"{', overrides ' + ' '.join(f'`{s}`' for s in args.set) if args.set else ''}; corruptions "
+             f"`{' '.join(args.corruptions)}` at severities {args.severities}. In-domain: pooled test Dice. "
+             "Corrupted: mean pooled Dice over the corruption suite. Mean ± sample standard deviation over seeds; "
+             "Δ: difference of the means from the baseline.", "",
+             "| variant | in-domain Dice | Δ | corruption-suite Dice | Δ | seeds done |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for variant in args.variants:
+        done = results.get(variant, {})
+        if not done:
+            lines.append(f"| {LABELS[variant]} | – | – | – | – | 0 |")
+            continue
+        clean = [v[0] for v in done.values()]
+        corrupt = [v[1] for v in done.values()]
+        deltas = ["–", "–"]
+        if base and variant != "baseline":
+            deltas = [f"{np.mean(clean) - np.mean([v[0] for v in base.values()]):+.4f}",
+                      f"{np.mean(corrupt) - np.mean([v[1] for v in base.values()]):+.4f}"]
+        lines.append(f"| {LABELS[variant]} | {_mean_std(clean)} | {deltas[0]} | {_mean_std(corrupt)} | {deltas[1]} "
+                     f"| {len(done)} |")
+    lines += ["", "Per seed (in-domain / corruption-suite Dice):", ""]
+    for variant in args.variants:
+        for seed, (clean, corrupt) in sorted(results.get(variant, {}).items()):
+            lines.append(f"- {LABELS[variant]}, seed {seed}: {clean:.4f} / {corrupt:.4f}")
+    host = host_info()
+    lines += ["", f"- Command: `{command}`", f"- Commit: `{git_commit(ignore=[path])}`",
+              f"- Hardware: {host['cpu']}, {host['usable_cores']} usable of {host['cores']} cores; "
+              f"Python {host['python']}",
+              f"- Run folders: `{args.work_dir}`", ""]
+    write_text(path, "\n".join(lines))
+
+
+def main(argv):
+    parser = new_parser(__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "drive" / "unet.yaml"),
+                        help="training config of every run (default: configs/drive/unet.yaml)")
+    parser.add_argument("--data", help="dataset root (default: the config's)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    parser.add_argument("--moco-iterations", type=int, default=60, help="MoCo steps of each seed's encoder")
+    parser.add_argument("--corruptions", nargs="+", default=["all"], help="corruptions (default: the whole suite)")
+    parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma-separated")
+    parser.add_argument("--work-dir", default="work_dirs/sas_ablation", help="parent of the run folders")
+    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "sas_ablation.md"), help="markdown report")
+    args = parser.parse_args(argv)
+    if not Path(args.config).is_file():
+        raise ConfigError(f"--config: {args.config}: no such file")
+    if args.data and not Path(args.data).is_dir():
+        raise ConfigError(f"--data: {args.data}: no such folder")
+    command = shlex.join(["python", "tools/sas_ablation.py", *argv])
+    work_dir = Path(args.work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for seed in args.seeds:
+        for variant in args.variants:
+            clean, corrupt = run_variant(args, variant, seed, work_dir)
+            results.setdefault(variant, {})[seed] = (clean, corrupt)
+            print(f"{LABELS[variant]}, seed {seed}: in-domain Dice {clean:.4f}, corruption-suite Dice {corrupt:.4f}",
+                  flush=True)
+            write_table(args.out, args, results, command)
+    print(f"table: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_tool(main)
