@@ -32,9 +32,9 @@ rate). That profile takes every registered model except light variants whose ``t
 build the very network of a sibling it runs (``tests/test_benchmark.py`` checks that), so every
 registered network is checked, each once.
 
-Marked ``slow`` (1-12 minutes per network on 2 shared CPU cores, over an hour for the registry),
-so the default suite skips it; run it with ``python -m pytest -q -s -m slow
-tests/test_trainability.py``. The rule itself is checked fast, against constant predictors.
+Marked ``slow`` (the 31 networks take 18.5 minutes on 2 idle CPU cores), so the default suite
+skips it; run it with ``python -m pytest -q -s -m slow tests/test_trainability.py``. The rule
+itself is checked fast, against constant predictors.
 """
 import json
 
