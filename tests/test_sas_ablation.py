@@ -13,24 +13,26 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 SMALL = ["--config", "configs/synthetic/unet.yaml", "--seeds", "0", "--variants", "baseline", "ssl",
          "--set", "model.args.base_channels=8", "model.args.depth=3", "train.iterations=20", "train.val_interval=20",
          "train.batch_size=4", "data.patch_size=64", "eval.distances=false",
-         "--moco-iterations", "4", "--corruptions", "noise", "rotate", "--severities", "3"]
+         "--corruptions", "noise", "rotate", "--severities", "3"]
 
 
-def ablation(*args):
+def ablation(*args, cache):
     return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "sas_ablation.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO_ROOT, env=dict(os.environ))
+                          capture_output=True, text=True, cwd=REPO_ROOT,
+                          env=dict(os.environ, JMEDSEG_CACHE=str(cache)))
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     work, out = tmp_path_factory.mktemp("ablation"), tmp_path_factory.mktemp("results") / "ablation.md"
-    proc = ablation(*SMALL, "--work-dir", work, "--out", out)
+    cache = tmp_path_factory.mktemp("cache")
+    proc = ablation(*SMALL, "--work-dir", work, "--out", out, cache=cache)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return work, out, proc
+    return work, out, cache, proc
 
 
 def test_every_run_is_trained_scored_and_tabled(first_run):
-    work, out, proc = first_run
+    work, out, cache, proc = first_run
     for variant in ("baseline", "ssl"):
         report = json.loads((work / f"{variant}-seed0" / "robustness.json").read_text())
         assert set(report["corruptions"]) == {"noise", "rotate"}
@@ -39,22 +41,23 @@ def test_every_run_is_trained_scored_and_tabled(first_run):
                                                                                            "ssl": "+SSL"}[variant]))
         assert f"{report['pooled']['dice']:.4f}" in line and f"{report['corruption_mean_dice']:.4f}" in line
         assert line.rstrip().endswith("| 1 |")
-    # the +SSL run started from the seed's MoCo encoder
-    assert (work / "moco-seed0" / "encoder.npz").exists()
-    assert "loaded" in (work / "ssl-seed0.log").read_text() and "encoder tensors" in (work / "ssl-seed0.log").read_text()
+    # the +SSL run started from the seed's MoCo encoder, pretrained and cached as `--sas` does
+    assert len(list(cache.glob("ssl/*/encoder.npz"))) == 1
+    ssl_log = (work / "ssl-seed0.log").read_text()
+    assert "loaded" in ssl_log and "encoder tensors" in ssl_log
     assert "encoder tensors" not in (work / "baseline-seed0.log").read_text()
     assert "- Commit: `" in out.read_text() and "table:" in proc.stdout
 
 
 def test_second_run_reuses_finished_runs(first_run):
-    work, out, _ = first_run
+    work, out, cache, _ = first_run
     logs = {p.name: p.read_text() for p in work.glob("*.log")}
-    proc = ablation(*SMALL, "--work-dir", work, "--out", out)
+    proc = ablation(*SMALL, "--work-dir", work, "--out", out, cache=cache)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert {p.name: p.read_text() for p in work.glob("*.log")} == logs  # nothing was run again
 
 
 def test_bad_config_is_a_one_line_error(tmp_path):
-    proc = ablation("--config", tmp_path / "missing.yaml", "--work-dir", tmp_path)
+    proc = ablation("--config", tmp_path / "missing.yaml", "--work-dir", tmp_path, cache=tmp_path)
     assert proc.returncode == 2 and "missing.yaml: no such file" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -6,12 +6,13 @@
 
 Every (variant, seed) run is ``tools/train.py`` with the variant's flags, then ``tools/test.py
 --corruptions`` on its weights: the in-domain test Dice (pooled, the config's evaluation) and the
-mean Dice over the corruption suite. +SSL and +SAS share, per seed, one MoCo-pretrained encoder
-(``ssl_pretrain/moco.py`` on the training images). Run folders live under ``--work-dir``; a run
-whose report exists is skipped, an interrupted training is resumed, so the command can be stopped
-and started again. The table (mean ± sample std over seeds, the per-seed values, the command,
-commit and hardware) is rewritten after every run.
+mean Dice over the corruption suite. +SSL and +SAS share, per seed, one MoCo-pretrained encoder:
+the one ``--sas`` pretrains on the training images and caches (``tools/train.py``). Run folders
+live under ``--work-dir``; a run whose report exists is skipped, an interrupted training is
+resumed, so the command can be stopped and started again. The table (mean ± sample std over
+seeds, the per-seed values, the command, commit and hardware) is rewritten after every run.
 """
+import argparse
 import json
 import shlex
 import subprocess
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from jmedseg.cli import REPO_ROOT, new_parser, run_tool
+from jmedseg.cli import REPO_ROOT, config_from_args, new_parser, run_tool
 from jmedseg.errors import ConfigError
+from train import cached_ssl_encoder  # tools/train.py: this script's folder is on sys.path
 
-VARIANTS = {"baseline": [], "aug": ["--aug"], "stn": ["--stn"], "ssl": ["--ssl"], "sas": ["--sas", "--ssl"]}
+VARIANTS = {"baseline": [], "aug": ["--aug"], "stn": ["--stn"], "ssl": ["--ssl"], "sas": ["--sas"]}
 """Variant name -> tools/train.py flags; ``--ssl`` is followed by the seed's MoCo encoder."""
 LABELS = {"baseline": "UNet baseline", "aug": "+Aug", "stn": "+STN", "ssl": "+SSL", "sas": "+SAS (all three)"}
 
@@ -44,21 +46,10 @@ def _common(args):
     return flags
 
 
-def ssl_encoder(args, seed, work_dir):
-    """The seed's MoCo encoder, pretrained on the training images once and reused."""
-    folder = work_dir / f"moco-seed{seed}"
-    encoder = folder / "encoder.npz"
-    if not encoder.exists():
-        command = [sys.executable, "ssl_pretrain/moco.py", "--no-progress"]
-        if (folder / "moco.json").exists():  # interrupted: continue with its saved settings
-            command += ["--resume", str(folder)]
-        else:
-            command += [*_common(args), "--seed", str(seed), "--no-colour", "--iterations", str(args.moco_iterations),
-                        "--work-dir", str(folder)]
-            if args.set:
-                command += ["--set", *args.set]
-        _run(command, work_dir / f"moco-seed{seed}.log")
-    return encoder
+def ssl_encoder(args, seed):
+    """The seed's MoCo encoder: the one ``tools/train.py --sas`` pretrains once and caches for this config."""
+    run_args = argparse.Namespace(model=None, config=args.config, data=args.data, seed=seed, device=None, set=args.set)
+    return cached_ssl_encoder(config_from_args(run_args))
 
 
 def run_variant(args, variant, seed, work_dir):
@@ -71,8 +62,7 @@ def run_variant(args, variant, seed, work_dir):
             if (run / "last.npz").exists():
                 command = [sys.executable, "tools/train.py", "--resume", str(run), "--no-progress"]
             else:
-                flags = [f if f != "--ssl" else f"--ssl={ssl_encoder(args, seed, work_dir)}"
-                         for f in VARIANTS[variant]]
+                flags = [f if f != "--ssl" else f"--ssl={ssl_encoder(args, seed)}" for f in VARIANTS[variant]]
                 command = [sys.executable, "tools/train.py", *_common(args), "--seed", str(seed), *flags,
                            "--work-dir", str(run), "--overwrite", "--no-progress"]
                 if args.set:
@@ -139,7 +129,6 @@ def main(argv):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
-    parser.add_argument("--moco-iterations", type=int, default=60, help="MoCo steps of each seed's encoder")
     parser.add_argument("--corruptions", nargs="+", default=["all"], help="corruptions (default: the whole suite)")
     parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma-separated")
     parser.add_argument("--work-dir", default="work_dirs/sas_ablation", help="parent of the run folders")
