@@ -5,6 +5,7 @@ import pytest
 from jmedseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from jmedseg.engine import LRSchedule, build_optimizer, labels_from_probs, predict_probs, set_lr
 from jmedseg.engine.inference import gaussian_window
+from jmedseg.engine.ema import ModelEMA
 from jmedseg.errors import CheckpointError, ConfigError
 from model_zoo import create_model
 from model_zoo.backend import jt
@@ -100,6 +101,37 @@ def test_labels_from_probs_threshold_and_argmax():
     np.testing.assert_array_equal(labels_from_probs(binary, 0.5), [[0, 1]])
     multi = np.array([[[0.1]], [[0.3]], [[0.6]]])
     np.testing.assert_array_equal(labels_from_probs(multi), [[2]])
+
+
+# -- weight average ----------------------------------------------------------------------------
+def _set_weights(model, fill):
+    model.load_parameters({k: np.full(v.shape, fill, dtype="float32") for k, v in model.state_dict().items()})
+
+
+def test_ema_follows_the_ramped_decay_rule_and_restores_the_model():
+    model = tiny_unet()
+    _set_weights(model, 0.0)
+    ema = ModelEMA(model, decay=0.2)
+    expected = 0.0
+    for n, value in enumerate([1.0, 2.0, 4.0]):
+        _set_weights(model, value)
+        ema.update(model)
+        d = min(0.2, (1 + n) / (10 + n))  # 0.1, 0.1818…, then capped at 0.2 (ramp 0.25)
+        expected = d * expected + (1 - d) * value
+    assert ema.updates == 3 and ema.decay_at(2) == 0.2
+    for key, average in ema.state.items():
+        np.testing.assert_allclose(average, expected, rtol=1e-6, err_msg=key)
+    with ema.applied_to(model):
+        assert all(np.allclose(v.numpy(), expected) for v in model.state_dict().values())
+    assert all(np.all(v.numpy() == 4.0) for v in model.state_dict().values())
+
+
+def test_ema_refuses_a_checkpoint_without_an_average():
+    ema = ModelEMA(tiny_unet(), decay=0.9)
+    with pytest.raises(CheckpointError, match="run.npz: holds no weight average"):
+        ema.load_arrays({"model/x": np.zeros(1)}, 3, source="run.npz")
+    with pytest.raises(ValueError, match="decay"):
+        ModelEMA(tiny_unet(), decay=1.0)
 
 
 # -- checkpoints -------------------------------------------------------------------------------

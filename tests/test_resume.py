@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, kill_after_checkpoint
-from jmedseg.checkpoint import read_checkpoint
+from jmedseg.checkpoint import load_checkpoint, read_checkpoint
 from jmedseg.config import load_config
-from jmedseg.engine import Trainer
+from jmedseg.engine import Trainer, evaluate
+from jmedseg.errors import CheckpointError
 
 SETTINGS = ["model.args={base_channels: 4, depth: 2}", "train.iterations=240", "train.batch_size=4",
             "data.patch_size=48", "train.log_interval=10", "train.checkpoint_interval=20",
@@ -94,3 +95,34 @@ def test_nan_loss_retries_from_last_checkpoint_with_lower_lr(tmp_path):
     rows = {r["step"]: r for r in trainer.log_rows}
     assert rows[20]["lr"] == pytest.approx(1e-3) and rows[40]["lr"] == pytest.approx(5e-4)
     assert all(np.isfinite(r["loss"]) for r in trainer.log_rows)
+
+
+def _state(arrays, prefix):
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def test_ema_is_validated_kept_and_resumed_exactly(tmp_path):
+    ema = ["train.ema_decay=0.9"]
+    full = _trainer(tmp_path / "full", *ema)
+    full.train()  # validates once, at step 40, and keeps that model in best.npz
+    kept = _state(read_checkpoint(tmp_path / "full" / "best.npz")[1], "model/")
+    trained = {k: v.numpy() for k, v in full.model.state_dict().items()}
+    assert set(kept) == set(full.ema.state) and full.ema.updates == 40
+    assert all(np.array_equal(kept[k], full.ema.state[k]) for k in kept)
+    assert any(not np.allclose(kept[k], trained[k]) for k in kept), "best.npz holds the trained weights"
+    model, _ = load_checkpoint(tmp_path / "full" / "best.npz")
+    again = evaluate(model, full.datasets["val"], full.num_classes, distances=False)
+    assert full.val_rows[-1]["dice"] == pytest.approx(again["pooled"]["dice"], abs=1e-6)
+
+    half = _trainer(tmp_path / "half", *ema)
+    half.total_steps = 20  # stop at the checkpoint of step 20; the schedule still spans 40 steps
+    half.train()
+    resumed = _trainer(tmp_path / "half", *ema)
+    assert resumed.resume() == 20 and resumed.ema.updates == 20
+    resumed.train()
+    for key, average in full.ema.state.items():
+        np.testing.assert_allclose(resumed.ema.state[key], average, rtol=1e-5, atol=1e-7, err_msg=key)
+    (tmp_path / "plain").mkdir()
+    _trainer(tmp_path / "plain", "data.val_fraction=0").save_last()
+    with pytest.raises(CheckpointError, match="holds no weight average"):
+        _trainer(tmp_path / "plain", *ema).resume()

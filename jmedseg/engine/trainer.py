@@ -3,12 +3,14 @@
 Run folder (``work_dir``): ``config.yaml`` (resolved config), ``log.csv`` (one row per logged
 step), ``val.csv`` and ``history.json`` (validation metrics), ``best.npz`` (best validation Dice,
 or the last weights when there is no validation split), ``last.npz`` (weights and optimizer
-state) and ``test_report.json``.
+state) and ``test_report.json``. With ``train.ema_decay`` > 0 the weights validated and kept in
+``best.npz`` are an exponential moving average of the trained ones (:class:`.ema.ModelEMA`).
 """
 import csv
 import io
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io import write_json, write_text
 from ..losses import DeepSupervisionLoss, build_loss
 from ..ssl import load_encoder_weights
+from .ema import ModelEMA
 from .evaluate import evaluate
 from .schedule import LRSchedule, set_lr
 
@@ -98,6 +101,7 @@ class Trainer:
         # forward pass; materialise them now, from the run's seed, before the per-step reseeding.
         jt.sync(list(self.model.state_dict().values()))
         dist.broadcast_state(self.model)
+        self.ema = ModelEMA(self.model, t.ema_decay) if t.ema_decay else None
         self.sampler = TrainSampler(self.datasets["train"], batch_size=t.batch_size, mode=d.mode,
                                     patch_size=d.patch_size, image_size=d.image_size,
                                     foreground_bias=d.foreground_bias, flip=d.flip, seed=self.seed,
@@ -123,7 +127,7 @@ class Trainer:
                 "log_rows": self.log_rows, "val_rows": self.val_rows, "lr_scale": self.lr_scale,
                 "nan_retries_used": self.nan_retries_used, "window_loss": self.window_loss,
                 "window_steps": self.window_steps, "elapsed": self.elapsed,
-                "sampler": self.sampler.state_dict()}
+                "sampler": self.sampler.state_dict(), "ema_updates": self.ema.updates if self.ema else None}
 
     def _load_state(self, state):
         self.step = int(state["step"])
@@ -137,15 +141,23 @@ class Trainer:
     def _meta(self, **extra):
         return dict(model=dict(self.model_spec), config=self.cfg.to_dict(), step=self.step, **extra)
 
-    def _save(self, name, with_optimizer=False, **extra):
+    def _kept_weights(self):
+        """Context in which the model holds the weights a run validates and keeps: the EMA when on."""
+        return self.ema.applied_to(self.model) if self.ema else nullcontext(self.model)
+
+    def _save(self, name, **extra):
+        """Write the kept weights (see :meth:`_kept_weights`) with the run's metadata."""
         if not dist.is_main():
             return
-        save_checkpoint(self.work_dir / name, self.model, self._meta(**extra),
-                        optimizer=self.optimizer if with_optimizer else None)
+        with self._kept_weights():
+            save_checkpoint(self.work_dir / name, self.model, self._meta(**extra))
 
     def save_last(self):
-        """Write ``last.npz``: everything :meth:`resume` needs."""
-        self._save("last.npz", with_optimizer=True, trainer_state=self.state_dict())
+        """Write ``last.npz``: everything :meth:`resume` needs (the trained weights, not the EMA,
+        which is stored beside them)."""
+        if dist.is_main():
+            save_checkpoint(self.work_dir / "last.npz", self.model, self._meta(trainer_state=self.state_dict()),
+                            optimizer=self.optimizer, extra_arrays=self.ema.arrays() if self.ema else None)
         dist.barrier()  # complete on disk before any rank may reload it (NaN recovery)
 
     def resume(self, path=None):
@@ -159,6 +171,8 @@ class Trainer:
             raise CheckpointError(f"{path}: was written for model {meta['model']}, not {self._meta()['model']}")
         load_model_state(self.model, arrays, source=str(path))
         load_optimizer_state(self.optimizer, arrays, meta, source=str(path))
+        if self.ema:
+            self.ema.load_arrays(arrays, meta["trainer_state"].get("ema_updates"), source=str(path))
         self._load_state(meta["trainer_state"])
         return self.step
 
@@ -212,8 +226,9 @@ class Trainer:
         if not val or not dist.is_main():
             return None
         e = self.cfg.eval
-        summary = evaluate(self.model, val, self.num_classes, threshold=e.threshold, use_fov=e.use_fov,
-                           distances=False, tile_size=e.tile_size, tile_overlap=e.tile_overlap)
+        with self._kept_weights():
+            summary = evaluate(self.model, val, self.num_classes, threshold=e.threshold, use_fov=e.use_fov,
+                               distances=False, tile_size=e.tile_size, tile_overlap=e.tile_overlap)
         self.model.train()
         dice = summary["pooled"]["dice"]
         row = {"step": self.step, "dice": dice, "iou": summary["pooled"]["iou"],
@@ -252,6 +267,8 @@ class Trainer:
                 bar.n = self.step
                 continue
             self.step += 1
+            if self.ema:
+                self.ema.update(self.model)
             self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
             bar.update(1)
             now = time.perf_counter()
