@@ -16,7 +16,7 @@ from .errors import CheckpointError
 from .io import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "load_model_state",
-           "model_state", "load_optimizer_state", "FORMAT_VERSION"]
+           "model_state", "load_optimizer_state", "arrays_under", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _META_KEY = "__meta__"
@@ -25,6 +25,11 @@ _META_KEY = "__meta__"
 def model_state(model):
     """The model's parameters and buffers as numpy arrays, keyed like its state dict."""
     return {k: np.asarray(v.numpy()) for k, v in model.state_dict().items()}
+
+
+def arrays_under(arrays, prefix):
+    """The checkpoint arrays whose names start with ``prefix``, keyed by the rest of the name."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def _optimizer_buffers(optimizer):
@@ -94,7 +99,7 @@ def load_model_state(model, arrays, source="checkpoint", prefix="model/"):
     Raises CheckpointError listing missing, unexpected and mis-shaped keys.
     """
     state = model.state_dict()
-    given = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    given = arrays_under(arrays, prefix)
     missing = sorted(set(state) - set(given))
     unexpected = sorted(set(given) - set(state))
     mismatched = sorted(f"{k} {list(given[k].shape)} vs model {list(state[k].shape)}"

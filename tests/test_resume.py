@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, kill_after_checkpoint
-from jmedseg.checkpoint import load_checkpoint, read_checkpoint
+from jmedseg.checkpoint import arrays_under, load_checkpoint, read_checkpoint
 from jmedseg.config import load_config
 from jmedseg.engine import Trainer, evaluate
 from jmedseg.errors import CheckpointError
@@ -97,15 +97,11 @@ def test_nan_loss_retries_from_last_checkpoint_with_lower_lr(tmp_path):
     assert all(np.isfinite(r["loss"]) for r in trainer.log_rows)
 
 
-def _state(arrays, prefix):
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
 def test_ema_is_validated_kept_and_resumed_exactly(tmp_path):
     ema = ["train.ema_decay=0.9"]
     full = _trainer(tmp_path / "full", *ema)
     full.train()  # validates once, at step 40, and keeps that model in best.npz
-    kept = _state(read_checkpoint(tmp_path / "full" / "best.npz")[1], "model/")
+    kept = arrays_under(read_checkpoint(tmp_path / "full" / "best.npz")[1], "model/")
     trained = {k: v.numpy() for k, v in full.model.state_dict().items()}
     assert set(kept) == set(full.ema.state) and full.ema.updates == 40
     assert all(np.array_equal(kept[k], full.ema.state[k]) for k in kept)

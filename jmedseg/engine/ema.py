@@ -3,7 +3,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..checkpoint import model_state
+from ..checkpoint import arrays_under, model_state
 from ..errors import CheckpointError
 
 __all__ = ["ModelEMA"]
@@ -63,7 +63,7 @@ class ModelEMA:
 
     def load_arrays(self, arrays, updates, source="checkpoint"):
         """Restore the average written by :meth:`arrays` after ``updates`` updates."""
-        given = {k[len(_PREFIX):]: v for k, v in arrays.items() if k.startswith(_PREFIX)}
+        given = arrays_under(arrays, _PREFIX)
         if set(given) != set(self.state) or any(given[k].shape != v.shape for k, v in self.state.items()):
             raise CheckpointError(f"{source}: holds no weight average of this model (train.ema_decay "
                                   "was 0 in the run that wrote it, or the model differs)")
