@@ -441,11 +441,35 @@ class PlannedModel:
     run: bool
 
 
-def _fingerprint(cfg, profile):
-    """Hash of everything that decides a model's result: its config and the measurement settings."""
-    key = {"config": cfg.to_dict(), "timing_runs": profile.timing_runs, "flops_size": profile.flops_size,
+def _fingerprint(config, profile):
+    """Hash of everything that decides a model's result: its config (a dict) and the measurement settings."""
+    key = {"config": config, "timing_runs": profile.timing_runs, "flops_size": profile.flops_size,
            "grid_images": profile.grid_images}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _with_keys_added_since(old, new, defaults):
+    """``old`` (a result's config) plus the ``section.key`` entries of ``new`` it lacks, where ``new`` has their default.
+
+    A key added to the config schema after a result was made defaults to the behaviour that existed
+    before it, so the result still holds for a config that leaves the new key at its default.
+    """
+    merged = {name: dict(value) if isinstance(value, dict) else value for name, value in old.items()}
+    for name, section in new.items():
+        if isinstance(section, dict) and isinstance(merged.get(name), dict):
+            for key, value in section.items():
+                if key not in merged[name] and key in defaults.get(name, {}) and value == defaults[name][key]:
+                    merged[name][key] = value
+    return merged
+
+
+def _is_current(record, cfg, profile):
+    """Whether ``record`` was made with ``cfg`` (up to keys added since, at their default) and these settings."""
+    made_with = record.get("config")
+    if not isinstance(made_with, dict) or record.get("fingerprint") != _fingerprint(made_with, profile):
+        return False
+    config = cfg.to_dict()
+    return _with_keys_added_since(made_with, config, load_config().to_dict()) == config
 
 
 def _read_record(path):
@@ -485,9 +509,9 @@ def plan_benchmark(profile, data_root, run_dir, models=None, force=False, retry_
     plan = []
     for name in profile.models:
         cfg = model_config(profile, name, data_root)
-        fingerprint = _fingerprint(cfg, profile)
+        fingerprint = _fingerprint(cfg.to_dict(), profile)
         record, state = _read_record(Path(run_dir) / f"{name}.json")
-        if record is not None and record.get("fingerprint") != fingerprint:
+        if record is not None and not _is_current(record, cfg, profile):
             state = "stale"
         run = name in selected and (force or state in ("pending", "stale", "unreadable")
                                     or (retry_failed and state == "failed"))

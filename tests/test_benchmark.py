@@ -10,8 +10,8 @@ import pytest
 
 import model_zoo.registry as registry
 from conftest import REPO_ROOT
-from jmedseg.benchmark import (PlannedModel, git_commit, load_profile, list_profiles, model_config, plan_benchmark,
-                               resolve_data_root, run_benchmark, run_worker, select_models)
+from jmedseg.benchmark import (PlannedModel, _fingerprint, git_commit, load_profile, list_profiles, model_config,
+                               plan_benchmark, resolve_data_root, run_benchmark, run_worker, select_models)
 from jmedseg.errors import ConfigError, DataError
 from model_zoo import count_parameters, create_model, list_models, tiny_args
 
@@ -257,6 +257,26 @@ def test_changed_settings_make_results_stale(bench):
     assert [(p.name, p.state, p.run) for p in plan] == [
         ("unet", "done", False), ("unetpp", "done", False), ("bench_broken", "failed", True)]
     assert all(isinstance(p, PlannedModel) for p in plan)
+
+
+def test_a_result_from_before_a_new_config_key_stays_current_while_the_key_is_at_its_default(bench, tmp_path):
+    # A record written before `train.ema_decay` existed: its config lacks the key.
+    record = json.loads((bench["run_dir"] / "unet.json").read_text())
+    del record["config"]["train"]["ema_decay"]
+    record["fingerprint"] = _fingerprint(record["config"], bench["profile"])
+    run_dir = tmp_path / "tiny"
+    run_dir.mkdir()
+    (run_dir / "unet.json").write_text(json.dumps(record))
+    states = lambda profile: {p.name: (p.state, p.run) for p in plan_benchmark(profile, None, run_dir)}
+    assert states(bench["profile"])["unet"] == ("done", False)
+
+    plugin = str(bench["root"] / "profile" / "bench_models.py")
+    ema_on = write_profile(tmp_path / "ema", plugin=plugin)
+    ema_on.write_text(ema_on.read_text().replace("log_interval: 10}", "log_interval: 10, ema_decay: 0.5}"))
+    assert states(load_profile(ema_on))["unet"] == ("stale", True)
+    other_timing = write_profile(tmp_path / "timing", plugin=plugin)
+    other_timing.write_text(other_timing.read_text().replace("timing_runs: 2", "timing_runs: 3"))
+    assert states(load_profile(other_timing))["unet"] == ("stale", True)
 
 
 def test_results_table_is_sorted_by_dice_with_failures_last(bench):
