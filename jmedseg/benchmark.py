@@ -449,7 +449,7 @@ def _fingerprint(config, profile):
 
 
 def _with_keys_added_since(old, new, defaults):
-    """``old`` (a result's config) plus the ``section.key`` entries of ``new`` it lacks, where ``new`` has their default.
+    """``old`` (a result's config) plus the ``section.key`` entries it lacks that ``new`` leaves at their default.
 
     A key added to the config schema after a result was made defaults to the behaviour that existed
     before it, so the result still holds for a config that leaves the new key at its default.
