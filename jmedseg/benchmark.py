@@ -463,13 +463,12 @@ def _with_keys_added_since(old, new, defaults):
     return merged
 
 
-def _is_current(record, cfg, profile):
-    """Whether ``record`` was made with ``cfg`` (up to keys added since, at their default) and these settings."""
+def _is_current(record, config, defaults, profile):
+    """Whether ``record`` was made with ``config`` (up to keys added since, at their default) and these settings."""
     made_with = record.get("config")
     if not isinstance(made_with, dict) or record.get("fingerprint") != _fingerprint(made_with, profile):
         return False
-    config = cfg.to_dict()
-    return _with_keys_added_since(made_with, config, load_config().to_dict()) == config
+    return _with_keys_added_since(made_with, config, defaults) == config
 
 
 def _read_record(path):
@@ -507,11 +506,13 @@ def plan_benchmark(profile, data_root, run_dir, models=None, force=False, retry_
     """
     selected = set(select_models(profile, models))
     plan = []
+    defaults = load_config().to_dict()
     for name in profile.models:
         cfg = model_config(profile, name, data_root)
-        fingerprint = _fingerprint(cfg.to_dict(), profile)
+        config = cfg.to_dict()
+        fingerprint = _fingerprint(config, profile)
         record, state = _read_record(Path(run_dir) / f"{name}.json")
-        if record is not None and not _is_current(record, cfg, profile):
+        if record is not None and not _is_current(record, config, defaults, profile):
             state = "stale"
         run = name in selected and (force or state in ("pending", "stale", "unreadable")
                                     or (retry_failed and state == "failed"))
