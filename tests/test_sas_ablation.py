@@ -41,6 +41,13 @@ def test_every_run_is_trained_scored_and_tabled(first_run):
                                                                                            "ssl": "+SSL"}[variant]))
         assert f"{report['pooled']['dice']:.4f}" in line and f"{report['corruption_mean_dice']:.4f}" in line
         assert line.rstrip().endswith("| 1 |")
+    # Dice per corruption: one row each, a column per variant, the severities' mean (one severity here)
+    rows = {row.split(" | ")[0].lstrip("| "): row for row in out.read_text().splitlines() if row.startswith("| ")}
+    for name in ("noise", "rotate"):
+        cells = [json.loads((work / f"{v}-seed0" / "robustness.json").read_text())["corruptions"][name]["3"]
+                 for v in ("baseline", "ssl")]
+        assert rows[name] == f"| {name} | {cells[0]:.4f} | {cells[1]:.4f} |"
+    assert "Headroom: the baseline loses" in out.read_text()
     # the +SSL run started from the seed's MoCo encoder, pretrained and cached as `--sas` does
     assert len(list(cache.glob("ssl/*/encoder.npz"))) == 1
     ssl_log = (work / "ssl-seed0.log").read_text()

@@ -9,8 +9,9 @@ Every (variant, seed) run is ``tools/train.py`` with the variant's flags, then `
 mean Dice over the corruption suite. +SSL and +SAS share, per seed, one MoCo-pretrained encoder:
 the one ``--sas`` pretrains on the training images and caches (``tools/train.py``). Run folders
 live under ``--work-dir``; a run whose report exists is skipped, an interrupted training is
-resumed, so the command can be stopped and started again. The table (mean ± sample std over
-seeds, the per-seed values, the command, commit and hardware) is rewritten after every run.
+resumed, so the command can be stopped and started again. The report (mean ± sample std over
+seeds, the baseline's headroom, Dice per corruption, the per-seed values, the command, commit and
+hardware) is rewritten after every run.
 """
 import argparse
 import json
@@ -53,7 +54,7 @@ def ssl_encoder(args, seed):
 
 
 def run_variant(args, variant, seed, work_dir):
-    """Train and score one (variant, seed); returns (in-domain Dice, corruption-suite mean Dice)."""
+    """Train and score one (variant, seed); returns its ``tools/test.py --corruptions`` report."""
     run = work_dir / f"{variant}-seed{seed}"
     report = run / "robustness.json"
     log = work_dir / f"{variant}-seed{seed}.log"
@@ -70,8 +71,17 @@ def run_variant(args, variant, seed, work_dir):
             _run(command, log)
         _run([sys.executable, "tools/test.py", str(run / "best.npz"), "--corruptions", *args.corruptions,
               "--severities", args.severities, "--out", str(report)], log)
-    scores = json.loads(report.read_text(encoding="utf-8"))
-    return scores["pooled"]["dice"], scores["corruption_mean_dice"]
+    return json.loads(report.read_text(encoding="utf-8"))
+
+
+def _scores(report):
+    """(in-domain Dice, corruption-suite mean Dice) of one run's report."""
+    return report["pooled"]["dice"], report["corruption_mean_dice"]
+
+
+def _per_corruption(report):
+    """Corruption name -> the run's Dice averaged over the severities run."""
+    return {name: float(np.mean(list(by_severity.values()))) for name, by_severity in report["corruptions"].items()}
 
 
 def _mean_std(values):
@@ -80,12 +90,29 @@ def _mean_std(values):
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
 
 
+def _corruption_table(variants, results):
+    """Markdown lines: pooled Dice per corruption (mean over severities, then over seeds) for each variant."""
+    done = [v for v in variants if results.get(v)]
+    if not done:
+        return []
+    names = list(next(iter(results[done[0]].values()))["corruptions"])
+    lines = ["", "Dice per corruption (mean over the severities run, then over seeds):", "",
+             "| corruption | " + " | ".join(LABELS[v] for v in done) + " |", "|---|" + "---:|" * len(done),
+             "| none (in-domain) | " + " | ".join(f"{np.mean([_scores(r)[0] for r in results[v].values()]):.4f}"
+                                                for v in done) + " |"]
+    for name in names:
+        cells = [f"{np.mean([_per_corruption(r)[name] for r in results[v].values()]):.4f}" for v in done]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_table(path, args, results, command):
-    """The markdown report: mean ± std per variant, the change against the baseline, per-seed values."""
+    """The markdown report: mean ± std per variant, the change against the baseline, Dice per corruption, per-seed
+    values. ``results`` maps variant -> seed -> the run's ``tools/test.py --corruptions`` report."""
     from jmedseg.benchmark import git_commit, host_info
     from jmedseg.io import write_text
 
-    base = results.get("baseline", {})
+    base = [np.mean(values) for values in zip(*map(_scores, results.get("baseline", {}).values()))]
     config = Path(args.config).resolve()
     shown = config.relative_to(REPO_ROOT) if config.is_relative_to(REPO_ROOT) else config
     lines = ["# SAS ablation", "",
@@ -101,17 +128,21 @@ def write_table(path, args, results, command):
         if not done:
             lines.append(f"| {LABELS[variant]} | – | – | – | – | 0 |")
             continue
-        clean = [v[0] for v in done.values()]
-        corrupt = [v[1] for v in done.values()]
+        clean, corrupt = zip(*map(_scores, done.values()))
         deltas = ["–", "–"]
         if base and variant != "baseline":
-            deltas = [f"{np.mean(clean) - np.mean([v[0] for v in base.values()]):+.4f}",
-                      f"{np.mean(corrupt) - np.mean([v[1] for v in base.values()]):+.4f}"]
+            deltas = [f"{np.mean(clean) - base[0]:+.4f}", f"{np.mean(corrupt) - base[1]:+.4f}"]
         lines.append(f"| {LABELS[variant]} | {_mean_std(clean)} | {deltas[0]} | {_mean_std(corrupt)} | {deltas[1]} "
                      f"| {len(done)} |")
+    if base:
+        lines += ["", f"Headroom: the baseline loses {base[0] - base[1]:.4f} Dice from clean to corrupted test "
+                  "images, so a variant that kept the baseline's clean Dice under every corruption would gain that "
+                  "much on the corruption suite."]
+    lines += _corruption_table(args.variants, results)
     lines += ["", "Per seed (in-domain / corruption-suite Dice):", ""]
     for variant in args.variants:
-        for seed, (clean, corrupt) in sorted(results.get(variant, {}).items()):
+        for seed, report in sorted(results.get(variant, {}).items()):
+            clean, corrupt = _scores(report)
             lines.append(f"- {LABELS[variant]}, seed {seed}: {clean:.4f} / {corrupt:.4f}")
     host = host_info()
     lines += ["", f"- Command: `{command}`", f"- Commit: `{git_commit(ignore=[path])}`",
@@ -144,8 +175,9 @@ def main(argv):
     results = {}
     for seed in args.seeds:
         for variant in args.variants:
-            clean, corrupt = run_variant(args, variant, seed, work_dir)
-            results.setdefault(variant, {})[seed] = (clean, corrupt)
+            report = run_variant(args, variant, seed, work_dir)
+            results.setdefault(variant, {})[seed] = report
+            clean, corrupt = _scores(report)
             print(f"{LABELS[variant]}, seed {seed}: in-domain Dice {clean:.4f}, corruption-suite Dice {corrupt:.4f}",
                   flush=True)
             write_table(args.out, args, results, command)
