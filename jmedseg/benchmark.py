@@ -769,18 +769,14 @@ def _utc_now():
 
 # ----------------------------------------------------------------------------------- running
 def _take_signals():
-    """Undo two of Jittor's signal handlers in this (parent) process.
+    """Undo Jittor's SIGINT handler in this (parent) process.
 
-    Jittor's SIGCHLD handler ends the whole process as soon as any child dies of a signal, so a
-    worker killed at its time limit or by the OOM killer would end the benchmark; its SIGINT
-    handler exits at once, so Ctrl-C could not stop the running worker first. The default SIGCHLD
-    action and Python's KeyboardInterrupt are what the worker loop expects.
+    It exits at once, so Ctrl-C could not stop the running worker first; Python's KeyboardInterrupt
+    is what the worker loop expects. (Jittor's SIGCHLD handler, which would end the benchmark when a
+    worker is killed at its time limit, is undone for every process by :mod:`model_zoo.backend`.)
     """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if hasattr(signal, "SIGCHLD"):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_benchmark(profile, data=None, models=None, work_dir="work_dirs/benchmark", out_dir="results",

@@ -10,6 +10,8 @@ Importing it (``from model_zoo.backend import jt``) makes ``import jittor`` work
   and ``lib/libmkldnn.so``, so that folder is made of links to the wheel's files. Without oneDNN
   Jittor's CPU convolutions are ~90x slower; when it cannot be set up we say so once.
 * Jittor's start-up info lines are hidden; warnings after start-up are kept.
+* SIGCHLD gets its default action back: Jittor's handler would end the process silently when a
+  child process dies of a signal.
 
 Environment variables set by the user always win (``use_mkl``, ``nvcc_path``, ``log_silent``).
 ``JMEDSEG_DEVICE=cpu|cuda`` forces the device before import; ``set_device`` switches after.
@@ -17,7 +19,9 @@ Environment variables set by the user always win (``use_mkl``, ``nvcc_path``, ``
 import ctypes
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -111,6 +115,18 @@ def _configure_environment():
     return forced
 
 
+def _restore_sigchld():
+    """Give SIGCHLD its default action back from Jittor.
+
+    Jittor's handler ends the whole process with exit status 1, printing nothing useful, as soon as
+    any child process stops or dies of a signal. The project's subprocesses (MoCo pretraining under
+    ``--sas``, benchmark workers, the ablation's runs, the test suite's tools) are watched through
+    their exit status instead, so their failure is reported, not turned into a silent exit.
+    """
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def _import_jittor(forced):
     user_silent = os.environ["log_silent"]
     import jittor
@@ -121,6 +137,7 @@ def _import_jittor(forced):
         jittor.flags.log_silent = 0
         jittor_utils.LOG.log_silent = 0
         jittor.flags.log_v = 0
+    _restore_sigchld()
     if forced == "cuda" and not jittor.has_cuda:
         raise SystemExit("error: JMEDSEG_DEVICE=cuda but Jittor found no usable CUDA device")
     jittor.flags.use_cuda = int(bool(jittor.has_cuda) and forced != "cpu")

@@ -10,25 +10,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def kill_after_checkpoint(command, checkpoint, settle=0.0, timeout=300):
-    """Start ``command``, SIGKILL it ``settle`` seconds after ``checkpoint`` first appears.
-
-    Jittor's SIGCHLD handler would end this (pytest) process when the child dies of a signal, so the
-    default handler is in place meanwhile.
-    """
-    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        child = subprocess.Popen([str(c) for c in command], cwd=REPO_ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + timeout
-        while not checkpoint.exists():
-            assert child.poll() is None, f"{command[1]} ended before it could be interrupted"
-            assert time.time() < deadline
-            time.sleep(0.01)
-        time.sleep(settle)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    finally:
-        signal.signal(signal.SIGCHLD, previous)
+    """Start ``command``, SIGKILL it ``settle`` seconds after ``checkpoint`` first appears."""
+    child = subprocess.Popen([str(c) for c in command], cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not checkpoint.exists():
+        assert child.poll() is None, f"{command[1]} ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    time.sleep(settle)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
 
 
 def shared_data_root():

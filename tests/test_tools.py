@@ -113,6 +113,17 @@ def test_speed_tool_prints_one_json_line():
     assert result["mode"] == "infer" and result["params"] > 0 and result["median_s"] > 0
 
 
+def test_a_child_killed_by_a_signal_is_reported_not_a_silent_exit():
+    # Jittor's own SIGCHLD handler would end the parent with status 1 and no message; after the
+    # project's backend import, the parent sees the child's signal and carries on.
+    script = ("import signal, subprocess, sys\n"
+              "from model_zoo.backend import jt\n"
+              "child = subprocess.run([sys.executable, '-c', 'import os, signal; os.kill(os.getpid(), signal.SIGKILL)'])\n"
+              "print('child status', child.returncode)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0 and "child status -9" in proc.stdout, proc.stderr
+
+
 def test_env_report_runs():
     proc = subprocess.run([sys.executable, "-m", "jmedseg.env"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0
