@@ -6,8 +6,9 @@ its ranges, e.g. ``[{name: rotate, p: 0.5, limit: 30}, {name: gamma, p: 0.3, ran
 
 What the ops work on
 --------------------
-Photometric ops are defined on 8-bit values, so a pipeline runs on the *raw* image, before the
-per-image standardisation of :mod:`jmedseg.data` (:meth:`jmedseg.data.dataset.SegDataset.raw`, then
+Photometric ops are defined on 8-bit values, so a pipeline runs on the image as captured, before
+the dataset's preprocessing and the per-image standardisation of :mod:`jmedseg.data`
+(:meth:`jmedseg.data.dataset.SegDataset.source`, then ``apply_preprocess`` and
 :func:`jmedseg.data.dataset.standardise`, as :class:`jmedseg.data.sampler.TrainSampler` does):
 
 * ``image``: ``H x W x C`` with ``C`` 1 (gray) or 3 (RGB), uint8 or any real dtype holding values
@@ -19,7 +20,8 @@ Because the sampler standardises each channel of each image afterwards, a global
 change (brightness, contrast, a uniform colour cast) survives only where it clips at 0 or 255 and
 through 8-bit rounding, exactly as it would for a real test image; gamma, hue/saturation, CLAHE,
 blur, noise, JPEG and moire are not undone. With ``data.preprocess: green_clahe`` the ops see the
-preprocessed one-channel image.
+stored RGB image and CLAHE runs after them on its green channel, which evens out much of a
+brightness, contrast or gamma change but amplifies noise.
 
 Geometry and borders
 --------------------

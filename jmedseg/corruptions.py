@@ -1,9 +1,11 @@
 """Robustness benchmark: test images corrupted at five severities, deterministically.
 
-``corrupt(sample, name, severity, seed)`` applies one corruption of :data:`CORRUPTIONS` to a *raw*
-sample (the 8-bit image of :meth:`jmedseg.data.dataset.SegDataset.raw`, before standardisation);
-:class:`CorruptedDataset` does it on access and standardises the result, ready for
-:func:`jmedseg.engine.evaluate`; :func:`run_benchmark` scores every corruption and severity.
+``corrupt(sample, name, severity, seed)`` applies one corruption of :data:`CORRUPTIONS` to an 8-bit
+sample; :class:`CorruptedDataset` applies it on access to the images as captured
+(:meth:`jmedseg.data.dataset.SegDataset.source`), then the dataset's preprocessing (e.g.
+``green_clahe``) and standardisation, ready for :func:`jmedseg.engine.evaluate`: a corruption stands
+for other capture conditions, which reach the model through the same preprocessing as any new image.
+:func:`run_benchmark` scores every corruption and severity.
 
 Severities (the transforms are those of :mod:`jmedseg.augment`; "side" is the shorter image side):
 
@@ -163,7 +165,7 @@ def _check_severity(severity: int) -> None:
 
 
 def corrupt(sample: Sample, name: str, severity: int, seed: int = 0) -> Sample:
-    """Apply corruption ``name`` at ``severity`` (1-5) to a raw sample, deterministically.
+    """Apply corruption ``name`` at ``severity`` (1-5) to an 8-bit sample, deterministically.
 
     Args:
         sample: image ``H x W x C`` in the 8-bit range (not standardised), mask and fov as in
@@ -200,21 +202,23 @@ def corrupt(sample: Sample, name: str, severity: int, seed: int = 0) -> Sample:
 class CorruptedDataset(Sequence[Sample]):
     """Standardised corrupted samples of a dataset, made on access (nothing is cached).
 
-    Item ``i`` is ``corrupt(dataset.raw(i), name, severity, seed)`` with its image standardised
-    inside its FOV (:func:`jmedseg.data.dataset.standardise`), like an uncorrupted ``dataset[i]``.
+    Item ``i`` is ``corrupt(dataset.source(i), name, severity, seed)`` with the dataset's
+    preprocessing applied to its image and the result standardised inside its FOV
+    (:func:`jmedseg.data.dataset.standardise`), like an uncorrupted ``dataset[i]``.
 
     Args:
-        dataset: a dataset with a ``raw(index)`` method (:class:`~jmedseg.data.dataset.SegDataset`).
+        dataset: a dataset with ``source(index)`` and ``apply_preprocess(image)`` methods
+            (:class:`~jmedseg.data.dataset.SegDataset`).
         name, severity, seed: see :func:`corrupt`.
     """
 
     def __init__(self, dataset, name: str, severity: int, seed: int = 0) -> None:
         _check_name(name)
         _check_severity(severity)
-        if not callable(getattr(dataset, "raw", None)):
+        if not all(callable(getattr(dataset, method, None)) for method in ("source", "apply_preprocess")):
             raise DataError(
-                f"{getattr(dataset, 'description', 'dataset')}: corruptions need the raw 8-bit images of a "
-                f"SegDataset (a raw(index) method), got a {type(dataset).__name__}"
+                f"{getattr(dataset, 'description', 'dataset')}: corruptions need the 8-bit source images of a "
+                f"SegDataset (its source(index) and apply_preprocess methods), got a {type(dataset).__name__}"
             )
         self.dataset, self.name, self.severity, self.seed = dataset, name, severity, seed
         self.description = f"{getattr(dataset, 'description', 'dataset')} ({name}, severity {severity})"
@@ -225,8 +229,8 @@ class CorruptedDataset(Sequence[Sample]):
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         if isinstance(index, slice):
             raise TypeError("CorruptedDataset does not support slices")
-        sample = corrupt(self.dataset.raw(index), self.name, self.severity, self.seed)
-        return sample._replace(image=standardise(sample.image, sample.fov))
+        sample = corrupt(self.dataset.source(index), self.name, self.severity, self.seed)
+        return sample._replace(image=standardise(self.dataset.apply_preprocess(sample.image), sample.fov))
 
 
 def parse_corruptions(text: str) -> list[str]:
@@ -275,7 +279,7 @@ def run_benchmark(
     """Score a model on every corruption and severity.
 
     Args:
-        dataset: test dataset with a ``raw(index)`` method.
+        dataset: test dataset with ``source(index)`` and ``apply_preprocess`` methods (a SegDataset).
         score: maps a dataset of standardised samples to one number (e.g. pooled Dice of
             :func:`jmedseg.engine.evaluate`).
         names: corruptions to run.

@@ -323,7 +323,7 @@ def test_bad_arrays_are_data_errors():
 # ----------------------------------------------------------------------------- data layer
 
 
-def write_split(root, count=3, size=(40, 48)):
+def write_split(root, count=3, size=(40, 48), **options):
     rng = np.random.default_rng(0)
     for i in range(count):
         for folder in ("images", "masks", "fov"):
@@ -333,7 +333,7 @@ def write_split(root, count=3, size=(40, 48)):
         fov = np.zeros(size, np.uint8)
         fov[4:-4, 4:-4] = 255
         cv2.imwrite(str(root / "train" / "fov" / f"{i}.png"), fov)
-    return load_split(root, "train")
+    return load_split(root, "train", **options)
 
 
 def test_raw_sample_standardises_to_the_indexed_sample(tmp_path):
@@ -342,8 +342,36 @@ def test_raw_sample_standardises_to_the_indexed_sample(tmp_path):
     assert raw.image.dtype == np.uint8 and raw.mask.dtype == np.int64 and raw.fov.dtype == bool
     np.testing.assert_array_equal(standardise(raw.image, raw.fov), standard.image)
     np.testing.assert_array_equal(raw.mask, standard.mask)
+    np.testing.assert_array_equal(dataset.source(1).image, raw.image)  # no preprocessing: source is raw
     raw.image[:] = 0  # a fresh copy: the cache is untouched
     assert dataset.raw(1).image.any()
+
+
+def test_source_sample_is_the_image_before_preprocessing(tmp_path):
+    dataset = write_split(tmp_path, in_channels=1, preprocess="green_clahe")
+    source, raw = dataset.source(1), dataset.raw(1)
+    assert source.image.shape == (40, 48, 3) and raw.image.shape == (40, 48, 1)
+    np.testing.assert_array_equal(dataset.apply_preprocess(source.image), raw.image)
+    np.testing.assert_array_equal(source.mask, raw.mask)
+    source.image[:] = 0
+    assert dataset.source(1).image.any()
+
+
+def test_sampler_augments_before_preprocessing(tmp_path):
+    # Desaturating sets every channel to max(R, G, B); green_clahe then sees that, not the green
+    # channel. After preprocessing (one channel) the same op would change nothing.
+    dataset = write_split(tmp_path, in_channels=1, preprocess="green_clahe")
+    gray = [{"name": "hue_saturation", "p": 1.0, "hue": 0, "saturation": [0.0, 0.0]}]
+    sampler = TrainSampler(dataset, 1, patch_size=(40, 48), foreground_bias=0.0, flip=False, seed=0, augment=gray)
+    images, masks = next(sampler)
+    index = int(np.random.default_rng(0).permutation(len(dataset))[0])
+    source = dataset.source(index)
+    brightest = np.repeat(source.image.max(axis=2, keepdims=True), 3, axis=2)
+    expected = standardise(dataset.apply_preprocess(brightest), source.fov)
+    assert images.shape == (1, 1, 40, 48)
+    np.testing.assert_allclose(images[0, 0], expected[:, :, 0], atol=1e-5)
+    np.testing.assert_array_equal(masks[0], source.mask)
+    assert np.abs(images[0, 0] - dataset[index].image[:, :, 0]).mean() > 0.1
 
 
 def test_sampler_with_an_empty_pipeline_draws_the_usual_batches(tmp_path):
@@ -374,7 +402,7 @@ def test_sampler_augments_and_resumes(tmp_path, mode):
 
 def test_sampler_augmentation_needs_raw_images():
     samples = [Sample("a", np.zeros((8, 8, 1), np.float32), np.zeros((8, 8), np.int64), None)]
-    with pytest.raises(DataError, match="data.augment needs the raw 8-bit images of a SegDataset"):
+    with pytest.raises(DataError, match="data.augment needs the 8-bit source images of a SegDataset"):
         TrainSampler(samples, 1, patch_size=4, augment="sas")
     with pytest.raises(ConfigError, match="data.augment: entry 1: unknown augmentation 'flip'"):
         TrainSampler(samples, 1, patch_size=4, augment=[{"name": "flip"}])

@@ -15,6 +15,7 @@ from jmedseg.corruptions import (
     run_benchmark,
 )
 from jmedseg.data import Sample, load_split
+from jmedseg.data.dataset import standardise
 from jmedseg.errors import ConfigError, DataError
 from jmedseg.metrics import dice
 
@@ -152,6 +153,23 @@ def test_corrupted_dataset_is_standardised_and_benchmark_tabulates(tmp_path):
     assert f"{mean:.4f}" in lines[-1]
 
 
+def test_corruptions_hit_the_image_as_captured_then_the_preprocessing(tmp_path):
+    # green_clahe keeps one channel: a hue shift of the stored RGB image moves colour into or out of
+    # green, which a hue shift of the preprocessed image could not (it has no hue).
+    folder = tmp_path / "test" / "images"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        image = smooth_sample(seed=i).image
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    dataset = load_split(tmp_path, "test", in_channels=1, preprocess="green_clahe", require_masks=False)
+    for name in ("hue_saturation", "noise"):
+        item = CorruptedDataset(dataset, name, 4, seed=0)[1]
+        corrupted = corrupt(dataset.source(1), name, 4, seed=0)
+        assert corrupted.image.shape[2] == 3 and item.image.shape == (56, 64, 1)
+        np.testing.assert_array_equal(item.image, standardise(dataset.apply_preprocess(corrupted.image), item.fov))
+        assert change(item.image, dataset[1].image) > 0.05
+
+
 def test_errors():
     sample = smooth_sample()
     with pytest.raises(ConfigError, match=r"corruption 'blurr' is unknown \(did you mean 'blur'\?\)"):
@@ -162,7 +180,7 @@ def test_errors():
     standardised = sample._replace(image=sample.image.astype(np.float32) / 50 - 2)
     with pytest.raises(DataError, match="8-bit range"):
         corrupt(standardised, "blur", 1)
-    with pytest.raises(DataError, match="raw 8-bit images of a SegDataset"):
+    with pytest.raises(DataError, match="8-bit source images of a SegDataset"):
         CorruptedDataset([sample], "blur", 1)
 
 

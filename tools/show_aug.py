@@ -81,11 +81,13 @@ def main(argv):
                          preprocess=args.preprocess, cache=False)
     rows = []
     for index in range(min(args.images, len(dataset))):
-        sample = dataset.raw(index)
-        original = np.clip(np.rint(sample.image), 0, 255).astype(np.uint8)
+        # The pipeline runs on the image as captured; the cells show it after preprocessing, as the model sees it.
+        sample = dataset.source(index)
+        original = np.clip(np.rint(dataset.apply_preprocess(sample.image)), 0, 255).astype(np.uint8)
         cells = [overlay(original, sample.mask, sample.fov, args.cell)]
         for _ in range(args.samples):
-            cells.append(overlay(*pipeline(sample.image, sample.mask, sample.fov), args.cell))
+            image, mask, fov = pipeline(sample.image, sample.mask, sample.fov)
+            cells.append(overlay(dataset.apply_preprocess(image), mask, fov, args.cell))
         rows.append(np.concatenate(cells, axis=1))
     grid = np.concatenate(rows, axis=0)
     ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))

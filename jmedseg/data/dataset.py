@@ -42,6 +42,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "PREPROCESS_CHOICES",
     "Sample",
+    "apply_preprocess",
     "SegDataset",
     "build_datasets",
     "load_image",
@@ -78,9 +79,10 @@ class _Record(NamedTuple):
 class _Raw(NamedTuple):
     """Decoded but not yet normalised arrays, small enough to keep in memory for a whole split."""
 
-    image: np.ndarray  # HxWxC uint8 (or float32 for 16-bit sources), already converted to C channels
+    image: np.ndarray  # HxWxC uint8 (or float32 for 16-bit sources), preprocessed, C = in_channels
     mask: np.ndarray | None  # HxW uint8 class indices
     fov: np.ndarray | None  # HxW bool
+    source: np.ndarray  # the image before preprocessing (``image`` itself when there is none)
 
 
 def _format_names(names: Sequence[str]) -> str:
@@ -188,20 +190,34 @@ def _image_channels(array: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported image shape {array.shape} (expected gray, RGB or RGBA)")
 
 
-def _decode_image(path: Path, in_channels: int, preprocess: str) -> np.ndarray:
-    """Decode to ``H x W x in_channels`` in the 8-bit range (uint8, or float32 for 16-bit sources)."""
+def _decode_source(path: Path, in_channels: int, preprocess: str) -> np.ndarray:
+    """Decode to ``H x W x C`` in the 8-bit range (uint8, or float32 for 16-bit sources), before ``preprocess``.
+
+    Without preprocessing the channels are converted to ``in_channels``; ``green_clahe`` keeps the
+    stored channels (gray or RGB), since it picks its own.
+    """
     array = _image_channels(_to_8bit_range(read_image_file(path), path), path)
-    if preprocess == "green_clahe":
-        channel = array[:, :, 1] if array.shape[2] == 3 else array[:, :, 0]
-        if channel.dtype != np.uint8:
-            channel = np.clip(np.rint(channel), 0, 255).astype(np.uint8)
-        clahe = cv2.createCLAHE(clipLimit=_CLAHE_CLIP_LIMIT, tileGridSize=_CLAHE_TILES)
-        return clahe.apply(np.ascontiguousarray(channel))[:, :, None]
+    if preprocess != "none":
+        return np.ascontiguousarray(array)
     if in_channels == 3 and array.shape[2] == 1:
         return np.repeat(array, 3, axis=2)
     if in_channels == 1 and array.shape[2] == 3:
         return cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2GRAY)[:, :, None]
     return np.ascontiguousarray(array)
+
+
+def apply_preprocess(image: np.ndarray, preprocess: str) -> np.ndarray:
+    """Apply ``preprocess`` to a decoded 8-bit ``H x W x C`` image (see the module docstring).
+
+    ``"none"`` returns ``image`` itself; ``"green_clahe"`` returns a uint8 ``H x W x 1`` image.
+    """
+    if preprocess != "green_clahe":
+        return image
+    channel = image[:, :, 1] if image.shape[2] == 3 else image[:, :, 0]
+    if channel.dtype != np.uint8:
+        channel = np.clip(np.rint(channel), 0, 255).astype(np.uint8)
+    clahe = cv2.createCLAHE(clipLimit=_CLAHE_CLIP_LIMIT, tileGridSize=_CLAHE_TILES)
+    return clahe.apply(np.ascontiguousarray(channel))[:, :, None]
 
 
 def _read_label_file(path: Path) -> np.ndarray:
@@ -281,7 +297,7 @@ def load_image(
     """
     _check_options(2, in_channels, preprocess)
     path = Path(path)
-    image = _decode_image(path, in_channels, preprocess)
+    image = apply_preprocess(_decode_source(path, in_channels, preprocess), preprocess)
     if fov is not None and fov.shape != image.shape[:2]:
         raise DataError(f"{path}: image size {_size(image)} does not match fov size {fov.shape[1]}x{fov.shape[0]}")
     return standardise(image, fov)
@@ -320,7 +336,8 @@ class SegDataset(Sequence[Sample]):
     With ``cache=True`` every file is decoded and checked when the dataset is created and the decoded
     8-bit arrays are kept in memory; with ``cache=False`` files are decoded (and checked) on each access.
     Indexing returns fresh arrays, so callers may modify them. :meth:`raw` gives a sample before
-    standardisation (for augmentation on 8-bit values).
+    standardisation; :meth:`source` one before preprocessing too, the image as captured, which
+    augmentations and corruptions change before :meth:`apply_preprocess` and :func:`standardise`.
     """
 
     def __init__(
@@ -366,19 +383,35 @@ class SegDataset(Sequence[Sample]):
         return sample._replace(image=standardise(sample.image, sample.fov))
 
     def raw(self, index: int) -> Sample:
-        """The sample at ``index`` before standardisation, for augmentations defined on 8-bit values.
+        """The sample at ``index`` before standardisation.
 
         The image is ``H x W x C`` in the 8-bit range after channel conversion and ``preprocess``:
         uint8, or float32 holding 0..255 for 16-bit sources. Mask and FOV are as in ``dataset[index]``
         and ``standardise(raw.image, raw.fov)`` equals ``dataset[index].image``. Returns fresh arrays.
         """
+        return self._sample(index, source=False)
+
+    def source(self, index: int) -> Sample:
+        """The sample at ``index`` before preprocessing: the decoded 8-bit image, as captured.
+
+        Without ``preprocess`` this is :meth:`raw`; with ``green_clahe`` the image keeps its stored
+        channels (gray or RGB). ``standardise(apply_preprocess(image), fov)`` equals
+        ``dataset[index].image``. Returns fresh arrays.
+        """
+        return self._sample(index, source=True)
+
+    def apply_preprocess(self, image: np.ndarray) -> np.ndarray:
+        """This dataset's ``preprocess`` applied to a source image (e.g. an augmented or corrupted one)."""
+        return apply_preprocess(image, self.preprocess)
+
+    def _sample(self, index: int, source: bool) -> Sample:
         if isinstance(index, slice):
             raise TypeError("SegDataset does not support slices; use subset(indices)")
         record = self._records[index]
         raw = self._raw(record)
         mask = raw.mask.astype(np.int64) if raw.mask is not None else None
         fov = raw.fov.copy() if raw.fov is not None else None
-        return Sample(record.name, raw.image.copy(), mask, fov)
+        return Sample(record.name, (raw.source if source else raw.image).copy(), mask, fov)
 
     def subset(self, indices: Iterable[int], description: str | None = None) -> "SegDataset":
         """A dataset holding the samples at ``indices`` (in that order), sharing this dataset's cache."""
@@ -396,7 +429,8 @@ class SegDataset(Sequence[Sample]):
     def _raw(self, record: _Record) -> _Raw:
         if self._cache is not None and record.name in self._cache:
             return self._cache[record.name]
-        image = _decode_image(record.image_path, self.in_channels, self.preprocess)
+        source = _decode_source(record.image_path, self.in_channels, self.preprocess)
+        image = apply_preprocess(source, self.preprocess)
         mask = fov = None
         if record.mask_path is not None:
             mask = _decode_mask(record.mask_path, self.num_classes)
@@ -412,7 +446,7 @@ class SegDataset(Sequence[Sample]):
                     f"{record.fov_path}: fov size {_size(fov)} does not match image size {_size(image)} "
                     f"of {record.image_path.name}"
                 )
-        raw = _Raw(image, mask, fov)
+        raw = _Raw(image, mask, fov, source)
         if self._cache is not None:
             self._cache[record.name] = raw
         return raw

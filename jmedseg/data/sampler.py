@@ -48,9 +48,11 @@ class TrainSampler:
       masks, whose class indices must be below 256).
     * ``flip=True``: random horizontal and vertical flips, plus random 90 degree rotations when the
       output is square.
-    * ``augment``: a :class:`jmedseg.augment.Pipeline` run on the raw 8-bit image, mask and FOV
-      (:meth:`SegDataset.raw <jmedseg.data.dataset.SegDataset.raw>`) before standardisation, which
-      then takes its statistics inside the augmented FOV. In ``patch`` mode the whole image is
+    * ``augment``: a :class:`jmedseg.augment.Pipeline` run on the 8-bit image as captured, with its
+      mask and FOV (:meth:`SegDataset.source <jmedseg.data.dataset.SegDataset.source>`), so it acts
+      before the dataset's preprocessing (e.g. ``green_clahe``) as a change of capture conditions
+      would; preprocessing and standardisation follow, the latter with its statistics inside the
+      augmented FOV. In ``patch`` mode the whole image is
       augmented and then cropped; in ``resize`` mode it is resized first (image bilinear, mask and
       FOV nearest) and augmented at ``image_size``. The flips above come after it.
 
@@ -69,8 +71,8 @@ class TrainSampler:
         seed: seed of the sampler's generator.
         augment: None (no augmentation), or a pipeline spec: a preset name, a YAML file or a list of
             ops (see :func:`jmedseg.augment.resolve_ops`), or a :class:`~jmedseg.augment.Pipeline`
-            whose ops are used (drawing from the sampler's generator). Needs a dataset with a
-            ``raw(index)`` method, such as :class:`~jmedseg.data.dataset.SegDataset`.
+            whose ops are used (drawing from the sampler's generator). Needs a dataset with
+            ``source(index)`` and ``apply_preprocess`` methods, such as :class:`~jmedseg.data.dataset.SegDataset`.
     """
 
     def __init__(
@@ -108,10 +110,10 @@ class TrainSampler:
         if augment is not None:
             spec = augment.ops if isinstance(augment, Pipeline) else augment
             self.augment = Pipeline(spec, rng=self._rng, source="data.augment")
-            if not callable(getattr(dataset, "raw", None)):
+            if not all(callable(getattr(dataset, method, None)) for method in ("source", "apply_preprocess")):
                 raise DataError(
-                    f"{where}: data.augment needs the raw 8-bit images of a SegDataset (a raw(index) method), "
-                    f"got a {type(dataset).__name__}"
+                    f"{where}: data.augment needs the 8-bit source images of a SegDataset (its source(index) and "
+                    f"apply_preprocess methods), got a {type(dataset).__name__}"
                 )
         self._epoch = 0
         self._position = 0
@@ -146,7 +148,7 @@ class TrainSampler:
         return images, masks
 
     def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        sample = self.dataset[index] if self.augment is None else self.dataset.raw(index)
+        sample = self.dataset[index] if self.augment is None else self.dataset.source(index)
         if sample.mask is None:
             raise DataError(f"{sample.name}: training needs a mask for every image")
         image, mask, fov = sample.image, sample.mask, sample.fov
@@ -156,7 +158,7 @@ class TrainSampler:
             if self.mode == "resize" and fov is not None:
                 fov = self._resize(fov.view(np.uint8), cv2.INTER_NEAREST).view(bool)
             image, mask, fov = self.augment(image, mask, fov)
-            image = standardise(image, fov)
+            image = standardise(self.dataset.apply_preprocess(image), fov)
         if self.mode == "patch":
             image, mask = self._crop(image, mask)
         if self.flip:
