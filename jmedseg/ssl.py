@@ -190,22 +190,29 @@ class MoCoAugment:
 
 
 class TwoViewSampler:
-    """Infinite iterator of ``(queries, keys)``: two independent augmented views of the same images.
+    """Infinite iterator of ``(queries, keys)``: two independent augmented views of the same instances.
 
     Images are visited in seeded random epochs (a new permutation when one runs out), so a batch
-    may span two epochs. Each item of the batch pair is ``N x C x size x size`` float32.
+    may span two epochs. An instance is the whole image, or with ``region`` a random
+    ``region x region`` window of it (clipped to the image) drawn anew at each visit: both views are
+    crops of that window. A few large images (DRIVE has 20) then give many distinct instances, so
+    the queue's negatives are other windows rather than older keys of the query's own image. Each
+    item of the batch pair is ``N x C x size x size`` float32.
 
     Args:
         images: list of ``H x W x C`` float32 images (sizes may differ).
-        batch_size: images per batch.
+        batch_size: instances per batch.
         augment: a :class:`MoCoAugment`.
         seed: seed of the sampler's generator.
+        region: side of the instance windows in pixels, or None for whole images.
     """
 
-    def __init__(self, images, batch_size, augment, seed=0):
+    def __init__(self, images, batch_size, augment, seed=0, region=None):
         if not images:
             raise DataError("no images to sample from")
-        self.images, self.batch_size, self.augment = list(images), int(batch_size), augment
+        if region is not None and (isinstance(region, bool) or not isinstance(region, int) or region < 1):
+            raise ConfigError(f"instance region must be a positive integer or None, got {region!r}")
+        self.images, self.batch_size, self.augment, self.region = list(images), int(batch_size), augment, region
         self.rng = np.random.default_rng(seed)
         self._order = np.empty(0, dtype=np.int64)
 
@@ -216,21 +223,31 @@ class TwoViewSampler:
         while len(self._order) < self.batch_size:
             self._order = np.concatenate([self._order, self.rng.permutation(len(self.images))])
         batch, self._order = self._order[:self.batch_size], self._order[self.batch_size:]
-        queries = np.stack([self.augment(self.images[i], self.rng) for i in batch])
-        keys = np.stack([self.augment(self.images[i], self.rng) for i in batch])
+        instances = [self._window(self.images[i]) for i in batch]
+        queries = np.stack([self.augment(instance, self.rng) for instance in instances])
+        keys = np.stack([self.augment(instance, self.rng) for instance in instances])
         return queries, keys
+
+    def _window(self, image):
+        if self.region is None:
+            return image
+        height, width = min(self.region, image.shape[0]), min(self.region, image.shape[1])
+        top = int(self.rng.integers(0, image.shape[0] - height + 1))
+        left = int(self.rng.integers(0, image.shape[1] - width + 1))
+        return image[top:top + height, left:left + width]
 
     def state_dict(self):
         """Generator state and the rest of the current epoch (JSON-safe)."""
         return {"rng": copy.deepcopy(self.rng.bit_generator.state), "order": self._order.tolist(),
-                "num_images": len(self.images), "batch_size": self.batch_size}
+                "num_images": len(self.images), "batch_size": self.batch_size, "region": self.region}
 
     def load_state_dict(self, state):
         """Continue exactly where the sampler that wrote ``state`` was."""
-        if (state.get("num_images"), state.get("batch_size")) != (len(self.images), self.batch_size):
-            raise CheckpointError(f"sampler state: saved for {state.get('num_images')} images in batches of "
-                                  f"{state.get('batch_size')}, but this run has {len(self.images)} images in "
-                                  f"batches of {self.batch_size}")
+        saved = (state.get("num_images"), state.get("batch_size"), state.get("region"))
+        if saved != (len(self.images), self.batch_size, self.region):
+            raise CheckpointError(f"sampler state: saved for {saved[0]} images in batches of {saved[1]} with "
+                                  f"instance region {saved[2]}, but this run has {len(self.images)} images in "
+                                  f"batches of {self.batch_size} with instance region {self.region}")
         self.rng.bit_generator.state = copy.deepcopy(state["rng"])
         self._order = np.asarray(state["order"], dtype=np.int64)
 

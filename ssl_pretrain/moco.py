@@ -2,7 +2,8 @@
 
     python ssl_pretrain/moco.py                                   # UNet encoder, synthetic train images
     python ssl_pretrain/moco.py --model unet --set model.args.base_channels=32 \\
-        --data ../shared/data/DRIVE --set data.preprocess=green_clahe model.in_channels=1 --iterations 2000
+        --data ../shared/data/DRIVE --set data.preprocess=green_clahe model.in_channels=1 --iterations 2000 \
+        --region 128                                              # 20 large images: 128 px windows as instances
 
     python ssl_pretrain/moco.py --resume work_dirs/moco_unet      # continue an interrupted run
 
@@ -27,8 +28,9 @@ from jmedseg.cli import add_config_args, config_from_args, new_parser, run_tool
 from jmedseg.errors import CheckpointError, ConfigError
 
 # The flags that define a run: saved in moco.json and restored by --resume.
-RUN_OPTIONS = ("split", "iterations", "batch", "size", "queue", "momentum", "temperature", "dim", "hidden_dim",
-               "bn_splits", "min_scale", "no_colour", "lr", "weight_decay", "log_interval", "checkpoint_interval")
+RUN_OPTIONS = ("split", "iterations", "batch", "size", "region", "queue", "momentum", "temperature", "dim",
+               "hidden_dim", "bn_splits", "min_scale", "no_colour", "lr", "weight_decay", "log_interval",
+               "checkpoint_interval")
 
 
 def positive(kind):
@@ -104,6 +106,9 @@ def main(argv):
     parser.add_argument("--size", type=positive(int),
                         help="side of the augmented views (default: 64, raised to the model's minimum input size "
                              "and rounded up to its size divisor)")
+    parser.add_argument("--region", type=positive(int),
+                        help="instances are random REGION x REGION windows of the images, both views cropped "
+                             "from one window (default: whole images); for a few large images")
     parser.add_argument("--queue", type=positive(int), default=4096, help="negative keys K")
     parser.add_argument("--momentum", type=float, default=0.999, help="key encoder EMA coefficient m, in [0, 1)")
     parser.add_argument("--temperature", type=positive(float), default=0.2, help="softmax temperature")
@@ -171,7 +176,7 @@ def main(argv):
                 temperature=args.temperature, bn_splits=args.bn_splits, seed=seed)
     colour_off = dict(jitter_p=0, gray_p=0, blur_p=0) if args.no_colour else {}
     augment = MoCoAugment(args.size, scale=(args.min_scale, 1.0), **colour_off)
-    sampler = TwoViewSampler(images, args.batch, augment, seed=seed)
+    sampler = TwoViewSampler(images, args.batch, augment, seed=seed, region=args.region)
     optimizer = build_optimizer("sgd", moco.query_parameters(), args.lr, args.weight_decay, momentum=0.9)
     schedule = LRSchedule("cosine", args.lr, args.iterations)
     work_dir = pick_work_dir(args.work_dir, m.name)
@@ -200,9 +205,10 @@ def main(argv):
 
     print(f"run folder: {work_dir}")
     print(f"MoCo v2: {m.name} encoder ({count_parameters(moco.encoder) / 1e6:.2f} M params) on {device}; "
-          f"{len(images)} images from {paths[0].parent}; {args.iterations} steps of {args.batch} x {args.size} px, "
-          f"queue {args.queue}, m {args.momentum}, tau {args.temperature}")
-    if args.queue > len(images):
+          f"{len(images)} images from {paths[0].parent}; {args.iterations} steps of {args.batch} x {args.size} px"
+          f"{f' views of {args.region} px windows' if args.region else ''}, queue {args.queue}, m {args.momentum}, "
+          f"tau {args.temperature}")
+    if args.region is None and args.queue > len(images):
         print(f"note: the queue ({args.queue}) is longer than the image list ({len(images)}), so it holds older "
               f"keys of the query's own image as negatives; instance-discrimination accuracy stays low")
 
@@ -243,7 +249,7 @@ def main(argv):
     if not dist.is_main():
         return 0
     moco.save_encoder(work_dir / "encoder.npz", iterations=args.iterations, batch_size=args.batch, size=args.size,
-                      lr=args.lr, weight_decay=args.weight_decay, min_scale=args.min_scale,
+                      region=args.region, lr=args.lr, weight_decay=args.weight_decay, min_scale=args.min_scale,
                       colour_augment=not args.no_colour, seed=seed, data=str(paths[0].parent),
                       num_images=len(images), first_loss=rows[0]["loss"], first_top1=rows[0]["top1"],
                       final_loss=rows[-1]["loss"], final_top1=rows[-1]["top1"],

@@ -13,7 +13,7 @@ from conftest import REPO_ROOT, kill_after_checkpoint
 from jmedseg.checkpoint import read_checkpoint, save_checkpoint
 from jmedseg.data import generate_synthetic, synthetic_root
 from jmedseg.engine import LRSchedule, build_optimizer, set_lr
-from jmedseg.errors import CheckpointError, DataError
+from jmedseg.errors import CheckpointError, ConfigError, DataError
 from jmedseg.ssl import (KeyQueue, MoCo, MoCoAugment, TwoViewSampler, find_images, info_nce_loss,
                          load_encoder_weights, load_images)
 from model_zoo import create_model
@@ -158,6 +158,24 @@ def test_sampler_gives_two_different_views_of_each_image():
         np.testing.assert_array_equal(queries[:, 0, 0, 0], keys[:, 0, 0, 0])  # same image in both views
         seen += queries[:, 0, 0, 0].tolist()
     assert sorted(seen) == sorted(list(range(5)) * 3)
+
+
+def test_region_instances_are_random_windows_seen_by_both_views():
+    # A ramp image: a pixel's value is its column, so a view tells where its window lies.
+    image = np.tile(np.arange(200, dtype=np.float32), (50, 1))[:, :, None]
+    whole_window = MoCoAugment(8, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter_p=0, gray_p=0, blur_p=0, flip_p=0)
+    sampler = TwoViewSampler([image], batch_size=6, augment=whole_window, seed=0, region=20)
+    queries, keys = next(sampler)
+    np.testing.assert_array_equal(queries, keys)  # both views are the one 20 x 20 window
+    spans = queries.max(axis=(1, 2, 3)) - queries.min(axis=(1, 2, 3))
+    assert queries.shape == (6, 1, 8, 8) and (spans < 20).all()
+    assert len(set(queries.mean(axis=(1, 2, 3)).round(3))) == 6  # six different windows of one image
+    state = sampler.state_dict()
+    with pytest.raises(CheckpointError, match="instance region 20, but this run has 1 images in batches of 6 "
+                                              "with instance region None"):
+        TwoViewSampler([image], batch_size=6, augment=whole_window).load_state_dict(state)
+    with pytest.raises(ConfigError, match="instance region must be a positive integer"):
+        TwoViewSampler([image], batch_size=6, augment=whole_window, region=0)
 
 
 # -- training and checkpoints --------------------------------------------------------------------------------
