@@ -28,6 +28,13 @@ def shared_data_root():
     return Path(os.environ.get("JMEDSEG_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+def pytest_runtest_logstart(nodeid, location):
+    # .ci/run names the last test started when the process dies before pytest can report it.
+    trail = os.environ.get("JMEDSEG_TEST_TRAIL")
+    if trail:
+        Path(trail).write_text(nodeid + "\n")
+
+
 @pytest.fixture(scope="session")
 def drive_root():
     root = shared_data_root() / "DRIVE"
