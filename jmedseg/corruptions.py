@@ -56,7 +56,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from jmedseg import augment as aug
-from jmedseg.data.dataset import Sample, standardise
+from jmedseg.data.dataset import Sample, require_source_images, standardise
 from jmedseg.errors import ConfigError, DataError
 
 __all__ = [
@@ -215,11 +215,7 @@ class CorruptedDataset(Sequence[Sample]):
     def __init__(self, dataset, name: str, severity: int, seed: int = 0) -> None:
         _check_name(name)
         _check_severity(severity)
-        if not all(callable(getattr(dataset, method, None)) for method in ("source", "apply_preprocess")):
-            raise DataError(
-                f"{getattr(dataset, 'description', 'dataset')}: corruptions need the 8-bit source images of a "
-                f"SegDataset (its source(index) and apply_preprocess methods), got a {type(dataset).__name__}"
-            )
+        require_source_images(dataset, f"{getattr(dataset, 'description', 'dataset')}: the corruption benchmark")
         self.dataset, self.name, self.severity, self.seed = dataset, name, severity, seed
         self.description = f"{getattr(dataset, 'description', 'dataset')} ({name}, severity {severity})"
 

@@ -2,7 +2,7 @@
 
     python ssl_pretrain/moco.py                                   # UNet encoder, synthetic train images
     python ssl_pretrain/moco.py --model unet --set model.args.base_channels=32 \\
-        --data ../shared/data/DRIVE --set data.preprocess=green_clahe model.in_channels=1 --iterations 2000 \
+        --data ../shared/data/DRIVE --set data.preprocess=green_clahe model.in_channels=1 --iterations 2000 \\
         --region 128                                              # 20 large images: 128 px windows as instances
 
     python ssl_pretrain/moco.py --resume work_dirs/moco_unet      # continue an interrupted run

@@ -48,6 +48,7 @@ __all__ = [
     "load_image",
     "load_split",
     "read_image_file",
+    "require_source_images",
     "split_train_val",
     "standardise",
 ]
@@ -218,6 +219,16 @@ def apply_preprocess(image: np.ndarray, preprocess: str) -> np.ndarray:
         channel = np.clip(np.rint(channel), 0, 255).astype(np.uint8)
     clahe = cv2.createCLAHE(clipLimit=_CLAHE_CLIP_LIMIT, tileGridSize=_CLAHE_TILES)
     return clahe.apply(np.ascontiguousarray(channel))[:, :, None]
+
+
+def require_source_images(dataset, user: str) -> None:
+    """Raise DataError unless ``dataset`` gives its images as captured (``source`` and ``apply_preprocess``).
+
+    ``user`` names what needs them (e.g. ``"train.yaml: data.augment"``) and starts the message.
+    """
+    if not all(callable(getattr(dataset, method, None)) for method in ("source", "apply_preprocess")):
+        raise DataError(f"{user} needs the 8-bit source images of a SegDataset (its source(index) and "
+                        f"apply_preprocess methods), got a {type(dataset).__name__}")
 
 
 def _read_label_file(path: Path) -> np.ndarray:

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from jmedseg.augment import Pipeline
-from jmedseg.data.dataset import Sample, standardise
+from jmedseg.data.dataset import Sample, require_source_images, standardise
 from jmedseg.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["TrainSampler"]
@@ -110,11 +110,7 @@ class TrainSampler:
         if augment is not None:
             spec = augment.ops if isinstance(augment, Pipeline) else augment
             self.augment = Pipeline(spec, rng=self._rng, source="data.augment")
-            if not all(callable(getattr(dataset, method, None)) for method in ("source", "apply_preprocess")):
-                raise DataError(
-                    f"{where}: data.augment needs the 8-bit source images of a SegDataset (its source(index) and "
-                    f"apply_preprocess methods), got a {type(dataset).__name__}"
-                )
+            require_source_images(dataset, f"{where}: data.augment")
         self._epoch = 0
         self._position = 0
         self._order: np.ndarray | None = None
