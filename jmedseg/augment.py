@@ -772,10 +772,12 @@ SAS_PIPELINE: tuple[dict[str, Any], ...] = (
 )
 """Strong augmentation (``data.augment: sas``; the same list as ``configs/augment/sas.yaml``).
 
-The photometric ranges reach the robustness benchmark's severity 4 (:mod:`jmedseg.corruptions`:
-noise std 24, JPEG quality 15, brightness 0.4, blur 2) so that training sees the capture conditions
-the benchmark tests; geometry stays mild, because strong warps change vessel widths and cost
-in-domain Dice for little gain (the benchmark's geometric corruptions cost the baseline 0.01-0.03).
+The ranges of noise, JPEG, brightness, blur and the screen photo's perspective, moire, blur and
+noise reach the robustness benchmark's severity 4 (:mod:`jmedseg.corruptions`: noise std 24, JPEG
+quality 15, brightness 0.4, blur 2), so that training sees the capture conditions that cost an
+unaugmented model most; contrast, gamma and hue stay near severity 3 (CLAHE evens them out).
+Geometry stays mild: strong warps change vessel widths and cost in-domain Dice for little gain (the
+benchmark's geometric corruptions cost an unaugmented DRIVE UNet 0.01-0.03).
 Flips and 90-degree rotations are left to the sampler's ``data.flip``.
 """
 

@@ -308,6 +308,19 @@ def test_sas_preset_matches_the_shipped_yaml():
     assert PRESETS["sas"] is SAS_PIPELINE
 
 
+def test_sas_preset_reaches_severity_4_of_the_corruptions_that_cost_most():
+    from jmedseg.corruptions import _LEVELS
+
+    ops = {op["name"]: op for op in resolve_ops("sas")}
+    severity_4 = {name: levels[3] for name, levels in _LEVELS.items()}
+    assert ops["noise"]["std"][1] >= severity_4["noise"]
+    assert ops["jpeg"]["quality"][0] <= severity_4["jpeg"]
+    assert ops["brightness"]["limit"] >= severity_4["brightness"]
+    assert ops["blur"]["sigma"][1] >= severity_4["blur"]
+    for strength in ("perspective", "moire", "blur", "noise"):
+        assert ops["screen_photo"][strength][1] >= severity_4["screen_photo"][strength], strength
+
+
 def test_bad_arrays_are_data_errors():
     pipeline = Pipeline([], seed=0)
     with pytest.raises(DataError, match=r"8-bit range \[0, 255\] \(the raw image, not the standardised one\)"):
