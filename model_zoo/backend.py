@@ -12,6 +12,8 @@ Importing it (``from model_zoo.backend import jt``) makes ``import jittor`` work
 * Jittor's start-up info lines are hidden; warnings after start-up are kept.
 * SIGCHLD gets its default action back: Jittor's handler would end the process silently when a
   child process dies of a signal.
+* New threads get stacks of at least 64 MiB: Jittor's compile threads can overflow the usual 8 MiB
+  on large fused kernels and die without a message.
 
 Environment variables set by the user always win (``use_mkl``, ``nvcc_path``, ``log_silent``).
 ``JMEDSEG_DEVICE=cpu|cuda`` forces the device before import; ``set_device`` switches after.
@@ -127,8 +129,36 @@ def _restore_sigchld():
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
+_THREAD_STACK_BYTES = 64 << 20
+
+
+def _enlarge_thread_stacks():
+    """Make new threads' default stack at least 64 MiB (glibc; virtual memory, touched only as used).
+
+    Jittor builds kernel sources in a pool of compile threads, matching them with ``std::regex``,
+    whose matcher recurses once per character: a large fused kernel overflows the default thread
+    stack (the ``ulimit -s`` size, usually 8 MiB), and the process dies of SIGSEGV with no message
+    at all, since the overflow leaves no stack for a handler. Must run before Jittor starts its
+    threads.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        get_default, set_default = libc.pthread_getattr_default_np, libc.pthread_setattr_default_np
+    except (OSError, AttributeError):
+        return
+    attr = ctypes.create_string_buffer(256)  # larger than any pthread_attr_t
+    size = ctypes.c_size_t()
+    if get_default(attr) != 0:
+        return
+    if libc.pthread_attr_getstacksize(attr, ctypes.byref(size)) == 0 and size.value < _THREAD_STACK_BYTES:
+        if libc.pthread_attr_setstacksize(attr, ctypes.c_size_t(_THREAD_STACK_BYTES)) == 0:
+            set_default(attr)
+    libc.pthread_attr_destroy(attr)
+
+
 def _import_jittor(forced):
     user_silent = os.environ["log_silent"]
+    _enlarge_thread_stacks()
     import jittor
     import jittor_utils
 

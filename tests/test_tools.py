@@ -1,6 +1,7 @@
 """End to end through the command-line tools: train on the synthetic data, test, predict, errors."""
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -122,6 +123,28 @@ def test_a_child_killed_by_a_signal_is_reported_not_a_silent_exit():
               "print('child status', child.returncode)\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0 and "child status -9" in proc.stdout, proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc thread attributes")
+def test_new_threads_get_stacks_large_enough_for_jittors_compile_threads():
+    # Jittor's compile threads overflowed a default thread stack in std::regex and the process died
+    # of SIGSEGV without a message; the backend raises the default before Jittor starts its threads.
+    # The child starts with a 1 MiB stack limit, which is also glibc's default thread stack size then.
+    script = ("import ctypes\n"
+              "from model_zoo.backend import jt\n"
+              "libc = ctypes.CDLL(None)\n"
+              "attr, size = ctypes.create_string_buffer(256), ctypes.c_size_t()\n"
+              "assert libc.pthread_getattr_default_np(attr) == 0\n"
+              "assert libc.pthread_attr_getstacksize(attr, ctypes.byref(size)) == 0\n"
+              "print('default thread stack', size.value)\n")
+
+    def small_stack():
+        resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
+                          preexec_fn=small_stack)
+    assert proc.returncode == 0, proc.stderr
+    assert f"default thread stack {64 << 20}" in proc.stdout
 
 
 def test_env_report_runs():
