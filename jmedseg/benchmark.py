@@ -80,7 +80,7 @@ from .io import atomic_write, write_json, write_text
 __all__ = ["Profile", "PlannedModel", "PROFILE_DIR", "STATUSES", "load_profile", "list_profiles", "import_plugins",
            "resolve_data_root", "select_models", "model_args_for", "model_overrides_for", "model_config",
            "plan_benchmark", "run_benchmark", "run_worker", "write_results", "results_rows", "git_commit", "host_info",
-           "draw_scatter", "draw_prediction_grid"]
+           "draw_scatter", "draw_prediction_grid", "with_keys_added_since"]
 
 PROFILE_DIR = REPO_ROOT / "configs" / "benchmark"
 STATUSES = ("ok", "collapsed", "nan", "failed", "timeout")
@@ -448,7 +448,7 @@ def _fingerprint(config, profile):
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _with_keys_added_since(old, new, defaults):
+def with_keys_added_since(old, new, defaults):
     """``old`` (a result's config) plus the ``section.key`` entries it lacks that ``new`` leaves at their default.
 
     A key added to the config schema after a result was made defaults to the behaviour that existed
@@ -468,7 +468,7 @@ def _is_current(record, config, defaults, profile):
     made_with = record.get("config")
     if not isinstance(made_with, dict) or record.get("fingerprint") != _fingerprint(made_with, profile):
         return False
-    return _with_keys_added_since(made_with, config, defaults) == config
+    return with_keys_added_since(made_with, config, defaults) == config
 
 
 def _read_record(path):

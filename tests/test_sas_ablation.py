@@ -53,7 +53,7 @@ def test_every_run_is_trained_scored_and_tabled(first_run):
     ssl_log = (work / "ssl-seed0.log").read_text()
     assert "loaded" in ssl_log and "encoder tensors" in ssl_log
     assert "encoder tensors" not in (work / "baseline-seed0.log").read_text()
-    assert "- Commit: `" in out.read_text() and "table:" in proc.stdout
+    assert "- Table written at commit `" in out.read_text() and "table:" in proc.stdout
 
 
 def test_second_run_reuses_finished_runs(first_run):
@@ -67,4 +67,50 @@ def test_second_run_reuses_finished_runs(first_run):
 def test_bad_config_is_a_one_line_error(tmp_path):
     proc = ablation("--config", tmp_path / "missing.yaml", "--work-dir", tmp_path, cache=tmp_path)
     assert proc.returncode == 2 and "missing.yaml: no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_each_run_leaves_a_record_of_its_scores_and_protocol(first_run):
+    work, out, _, _ = first_run
+    records = out.with_name("ablation_runs")
+    for variant in ("baseline", "ssl"):
+        record = json.loads((records / f"{variant}-seed0.json").read_text())
+        assert record["report"] == json.loads((work / f"{variant}-seed0" / "robustness.json").read_text())
+        assert (record["variant"], record["seed"]) == (variant, 0)
+        protocol = record["protocol"]
+        assert protocol["corruptions"] == ["noise", "rotate"] and protocol["severities"] == [3]
+        assert protocol["config"]["train"]["iterations"] == 20 and protocol["config"]["train"]["seed"] == 0
+        assert protocol["config"]["model"]["ssl"] is None and protocol["config"]["work_dir"] is None
+        assert (protocol["moco"] is None) == (variant == "baseline")
+        assert record["train_time_s"] > 0 and len(record["commit"]) >= 40
+        assert f"`{record['commit'][:12]}`" in out.read_text()
+
+
+def test_records_alone_rebuild_the_table_without_training(first_run, tmp_path):
+    """A fresh machine has the committed records but none of the run folders: nothing is trained again."""
+    _, out, _, _ = first_run
+    table = out.read_text()
+    proc = ablation(*SMALL, "--work-dir", tmp_path / "empty", "--out", out, cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not list((tmp_path / "empty").iterdir()) and not (tmp_path / "cache").exists()
+    assert out.read_text().replace(str(tmp_path / "empty"), "") == table.replace(str(first_run[0]), "")
+
+
+def test_a_record_of_another_protocol_is_refused_naming_it(first_run, tmp_path):
+    _, out, cache, _ = first_run
+    other = [arg if arg != "train.iterations=20" else "train.iterations=30" for arg in SMALL]
+    proc = ablation(*other, "--work-dir", tmp_path, "--out", out, cache=cache)
+    assert proc.returncode == 2
+    assert "baseline-seed0.json: recorded under another protocol (differs in config.train.iterations)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
+    proc = ablation(*SMALL[:-1], "2", "--work-dir", tmp_path, "--out", out, cache=cache)
+    assert proc.returncode == 2 and "(differs in severities)" in proc.stderr
+
+
+def test_an_unreadable_record_is_a_one_line_error(tmp_path):
+    records = tmp_path / "ablation_runs"
+    records.mkdir()
+    (records / "baseline-seed0.json").write_text("{not json")
+    proc = ablation(*SMALL, "--work-dir", tmp_path / "work", "--out", tmp_path / "ablation.md", cache=tmp_path)
+    assert proc.returncode == 2 and "baseline-seed0.json: unreadable run record" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -7,24 +7,37 @@
 Every (variant, seed) run is ``tools/train.py`` with the variant's flags, then ``tools/test.py
 --corruptions`` on its weights: the in-domain test Dice (pooled, the config's evaluation) and the
 mean Dice over the corruption suite. +SSL and +SAS share, per seed, one MoCo-pretrained encoder:
-the one ``--sas`` pretrains on the training images and caches (``tools/train.py``). Run folders
-live under ``--work-dir``; a run whose report exists is skipped, an interrupted training is
-resumed, so the command can be stopped and started again. The report (mean ± sample std over
-seeds, the baseline's headroom, Dice per corruption, the per-seed values, the command, commit and
-hardware) is rewritten after every run.
+the one ``--sas`` pretrains on the training images and caches (``tools/train.py``).
+
+Each finished run leaves a record in ``--records`` (default: beside the report, ``<report>_runs/``):
+its scores (the ``tools/test.py`` report), the protocol that produced them (the run's resolved
+training config without this machine's folders, the corruptions and severities, the MoCo settings
+of the SSL variants), the commit, hardware and training time. Records hold numbers only, no
+weights or images, so they can be committed: a later invocation, on this machine or another, skips
+every (variant, seed) whose record matches its protocol, and refuses, naming the file and the keys,
+a record made under another one. Without a record, a run whose folder under ``--work-dir`` holds
+its report is scored from it, and an interrupted training is resumed, so the command can be stopped
+and started again. The report (mean ± sample std over seeds, the baseline's headroom, Dice per
+corruption, the per-seed values with their commits, the command and hardware) is rewritten after
+every run.
 """
 import argparse
 import json
 import shlex
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from jmedseg.benchmark import git_commit, host_info, with_keys_added_since
 from jmedseg.cli import REPO_ROOT, config_from_args, new_parser, run_tool
+from jmedseg.config import load_config
+from jmedseg.corruptions import parse_corruptions, parse_severities
 from jmedseg.errors import ConfigError
-from train import cached_ssl_encoder  # tools/train.py: this script's folder is on sys.path
+from jmedseg.io import write_json
+from train import SAS_MOCO_FLAGS, cached_ssl_encoder, flag_overrides  # tools/train.py: this folder is on sys.path
 
 VARIANTS = {"baseline": [], "aug": ["--aug"], "stn": ["--stn"], "ssl": ["--ssl"], "sas": ["--sas"]}
 """Variant name -> tools/train.py flags; ``--ssl`` is followed by the seed's MoCo encoder."""
@@ -47,14 +60,76 @@ def _common(args):
     return flags
 
 
+def _run_args(args, seed, overrides=()):
+    return argparse.Namespace(model=None, config=args.config, data=args.data, seed=seed, device=None,
+                              set=[*args.set, *overrides])
+
+
 def ssl_encoder(args, seed):
     """The seed's MoCo encoder: the one ``tools/train.py --sas`` pretrains once and caches for this config."""
-    run_args = argparse.Namespace(model=None, config=args.config, data=args.data, seed=seed, device=None, set=args.set)
-    return cached_ssl_encoder(config_from_args(run_args))
+    return cached_ssl_encoder(config_from_args(_run_args(args, seed)))
 
 
-def run_variant(args, variant, seed, work_dir):
-    """Train and score one (variant, seed); returns its ``tools/test.py --corruptions`` report."""
+def protocol(args, variant, seed):
+    """What decides a run's numbers: the resolved training config ``tools/train.py`` builds from the
+    variant's flags, without this machine's folders (``data.root`` becomes the dataset folder's
+    name; ``model.ssl``, the seed's cached MoCo encoder, is represented by the MoCo settings), and
+    the corruptions and severities it is scored under."""
+    flags = VARIANTS[variant]
+    overrides = flag_overrides(aug="sas" if "--aug" in flags else None, stn="--stn" in flags, sas="--sas" in flags)
+    config = config_from_args(_run_args(args, seed, overrides)).to_dict()
+    config["data"]["root"] = Path(config["data"]["root"]).name if config["data"]["root"] else None
+    config["model"]["ssl"], config["work_dir"] = None, None
+    return {"config": config, "corruptions": parse_corruptions(",".join(args.corruptions)),
+            "severities": parse_severities(args.severities),
+            "moco": SAS_MOCO_FLAGS if {"--ssl", "--sas"} & set(flags) else None}
+
+
+def _flat(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    items = {}
+    for key, value in tree.items():
+        items.update(_flat(value, f"{prefix}.{key}" if prefix else key))
+    return items
+
+
+def protocol_differences(recorded, current):
+    """Dotted keys whose values differ between a record's protocol and this invocation's; keys added to
+    the config schema since the record was made count only when not at their default."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict):
+        return ["protocol (missing)"]
+    recorded = dict(recorded, config=with_keys_added_since(recorded["config"], current["config"],
+                                                           load_config().to_dict()))
+    old, new = _flat(recorded), _flat(current)
+    return sorted(key for key in old.keys() | new.keys() if old.get(key, "<absent>") != new.get(key, "<absent>"))
+
+
+def read_record(path, current):
+    """The record at ``path`` if it was made under ``current`` (see :func:`protocol`), None when there is none."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable run record ({err}); delete it to run that (variant, seed) again")
+    differences = protocol_differences(record.get("protocol") if isinstance(record, dict) else None, current)
+    if differences:
+        shown = ", ".join(differences[:5]) + (f" and {len(differences) - 5} more" if len(differences) > 5 else "")
+        raise ConfigError(f"{path}: recorded under another protocol (differs in {shown}); give this protocol its "
+                          "own --records folder (and --out), or delete the record to run it again")
+    if not isinstance(record.get("report"), dict):
+        raise ConfigError(f"{path}: run record without its report; delete it to run that (variant, seed) again")
+    return record
+
+
+def run_variant(args, variant, seed, work_dir, records):
+    """Train and score one (variant, seed) unless its record exists; returns the record."""
+    current = protocol(args, variant, seed)
+    record_path = records / f"{variant}-seed{seed}.json"
+    record = read_record(record_path, current)
+    if record is not None:
+        return record
     run = work_dir / f"{variant}-seed{seed}"
     report = run / "robustness.json"
     log = work_dir / f"{variant}-seed{seed}.log"
@@ -71,17 +146,27 @@ def run_variant(args, variant, seed, work_dir):
             _run(command, log)
         _run([sys.executable, "tools/test.py", str(run / "best.npz"), "--corruptions", *args.corruptions,
               "--severities", args.severities, "--out", str(report)], log)
-    return json.loads(report.read_text(encoding="utf-8"))
+    history = json.loads((run / "history.json").read_text(encoding="utf-8"))
+    host = host_info()
+    record = {"variant": variant, "seed": seed, "protocol": current, "commit": git_commit(ignore=[records, args.out]),
+              "hardware": f"{host['cpu']}, {host['usable_cores']} usable of {host['cores']} cores; "
+                          f"Python {host['python']}",
+              "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "train_time_s": history.get("train_time_s"),
+              "report": json.loads(report.read_text(encoding="utf-8"))}
+    write_json(record_path, record)
+    return record
 
 
-def _scores(report):
-    """(in-domain Dice, corruption-suite mean Dice) of one run's report."""
-    return report["pooled"]["dice"], report["corruption_mean_dice"]
+def _scores(record):
+    """(in-domain Dice, corruption-suite mean Dice) of one run's record."""
+    return record["report"]["pooled"]["dice"], record["report"]["corruption_mean_dice"]
 
 
-def _per_corruption(report):
+def _per_corruption(record):
     """Corruption name -> the run's Dice averaged over the severities run."""
-    return {name: float(np.mean(list(by_severity.values()))) for name, by_severity in report["corruptions"].items()}
+    return {name: float(np.mean(list(by_severity.values())))
+            for name, by_severity in record["report"]["corruptions"].items()}
 
 
 def _mean_std(values):
@@ -95,7 +180,7 @@ def _corruption_table(variants, results):
     done = [v for v in variants if results.get(v)]
     if not done:
         return []
-    names = list(next(iter(results[done[0]].values()))["corruptions"])
+    names = list(next(iter(results[done[0]].values()))["report"]["corruptions"])
     lines = ["", "Dice per corruption (mean over the severities run, then over seeds):", "",
              "| corruption | " + " | ".join(LABELS[v] for v in done) + " |", "|---|" + "---:|" * len(done),
              "| none (in-domain) | " + " | ".join(f"{np.mean([_scores(r)[0] for r in results[v].values()]):.4f}"
@@ -106,17 +191,20 @@ def _corruption_table(variants, results):
     return lines
 
 
+def _shown(path):
+    path = path.resolve()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+
+
 def write_table(path, args, results, command):
     """The markdown report: mean ± std per variant, the change against the baseline, Dice per corruption, per-seed
-    values. ``results`` maps variant -> seed -> the run's ``tools/test.py --corruptions`` report."""
-    from jmedseg.benchmark import git_commit, host_info
+    values. ``results`` maps variant -> seed -> the run's record (see :func:`run_variant`)."""
     from jmedseg.io import write_text
 
     base = [np.mean(values) for values in zip(*map(_scores, results.get("baseline", {}).values()))]
-    config = Path(args.config).resolve()
-    shown = config.relative_to(REPO_ROOT) if config.is_relative_to(REPO_ROOT) else config
     lines = ["# SAS ablation", "",
-             f"Config `{shown}`, data `{args.data or 'from the config'}`, seeds {', '.join(map(str, args.seeds))}"
+             f"Config `{_shown(Path(args.config))}`, data `{args.data or 'from the config'}`, "
+             f"seeds {', '.join(map(str, args.seeds))}"
              f"{', overrides ' + ' '.join(f'`{s}`' for s in args.set) if args.set else ''}; corruptions "
              f"`{' '.join(args.corruptions)}` at severities {args.severities}. In-domain: pooled test Dice. "
              "Corrupted: mean pooled Dice over the corruption suite. Mean ± sample standard deviation over seeds; "
@@ -139,16 +227,16 @@ def write_table(path, args, results, command):
                   "images, so a variant that kept the baseline's clean Dice under every corruption would gain that "
                   "much on the corruption suite."]
     lines += _corruption_table(args.variants, results)
-    lines += ["", "Per seed (in-domain / corruption-suite Dice):", ""]
+    lines += ["", "Per seed (in-domain / corruption-suite Dice; the commit and hardware of the run, its training "
+              "time, when its record was written):", ""]
     for variant in args.variants:
-        for seed, report in sorted(results.get(variant, {}).items()):
-            clean, corrupt = _scores(report)
-            lines.append(f"- {LABELS[variant]}, seed {seed}: {clean:.4f} / {corrupt:.4f}")
-    host = host_info()
-    lines += ["", f"- Command: `{command}`", f"- Commit: `{git_commit(ignore=[path])}`",
-              f"- Hardware: {host['cpu']}, {host['usable_cores']} usable of {host['cores']} cores; "
-              f"Python {host['python']}",
-              f"- Run folders: `{args.work_dir}`", ""]
+        for seed, record in sorted(results.get(variant, {}).items()):
+            clean, corrupt = _scores(record)
+            minutes = f"{record['train_time_s'] / 60:.0f} min training" if record.get("train_time_s") else "–"
+            lines.append(f"- {LABELS[variant]}, seed {seed}: {clean:.4f} / {corrupt:.4f} (`{record['commit'][:12]}`, "
+                         f"{record['hardware']}; {minutes}; {record['written']})")
+    lines += ["", f"- Command: `{command}`", f"- Run records: `{_shown(Path(args.records))}`",
+              f"- Table written at commit `{git_commit(ignore=[path, args.records])}`", ""]
     write_text(path, "\n".join(lines))
 
 
@@ -164,20 +252,24 @@ def main(argv):
     parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma-separated")
     parser.add_argument("--work-dir", default="work_dirs/sas_ablation", help="parent of the run folders")
     parser.add_argument("--out", default=str(REPO_ROOT / "results" / "sas_ablation.md"), help="markdown report")
+    parser.add_argument("--records", help="folder of the per-run records (default: <out without .md>_runs)")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    args.records = args.records or str(out.with_name(f"{out.stem}_runs"))
     if not Path(args.config).is_file():
         raise ConfigError(f"--config: {args.config}: no such file")
     if args.data and not Path(args.data).is_dir():
         raise ConfigError(f"--data: {args.data}: no such folder")
     command = shlex.join(["python", "tools/sas_ablation.py", *argv])
-    work_dir = Path(args.work_dir).resolve()
+    work_dir, records = Path(args.work_dir).resolve(), Path(args.records).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
+    records.mkdir(parents=True, exist_ok=True)
     results = {}
     for seed in args.seeds:
         for variant in args.variants:
-            report = run_variant(args, variant, seed, work_dir)
-            results.setdefault(variant, {})[seed] = report
-            clean, corrupt = _scores(report)
+            record = run_variant(args, variant, seed, work_dir, records)
+            results.setdefault(variant, {})[seed] = record
+            clean, corrupt = _scores(record)
             print(f"{LABELS[variant]}, seed {seed}: in-domain Dice {clean:.4f}, corruption-suite Dice {corrupt:.4f}",
                   flush=True)
             write_table(args.out, args, results, command)

@@ -75,6 +75,21 @@ def cached_ssl_encoder(cfg):
     return encoder
 
 
+def flag_overrides(aug=None, stn=False, ssl=None, sas=False):
+    """The config overrides that ``--aug [PIPELINE]``, ``--stn``, ``--ssl ENCODER`` and ``--sas`` stand for.
+
+    ``--sas`` without ``--ssl`` also sets ``model.ssl`` to the encoder :func:`cached_ssl_encoder` gives.
+    """
+    overrides = []
+    if aug or sas:
+        overrides.append(f"data.augment={aug or 'sas'}")
+    if stn or sas:
+        overrides.append("model.stn=true")
+    if ssl:
+        overrides.append(f"model.ssl={Path(ssl).resolve()}")
+    return overrides
+
+
 def main(argv):
     parser = new_parser(__doc__.splitlines()[0])
     add_config_args(parser)
@@ -105,13 +120,7 @@ def main(argv):
         step = trainer.resume(run if run.is_file() else None)
         print(f"resuming {work_dir} at step {step}")
     else:
-        args.set = list(args.set)
-        if args.aug or args.sas:
-            args.set.append(f"data.augment={args.aug or 'sas'}")
-        if args.stn or args.sas:
-            args.set.append("model.stn=true")
-        if args.ssl:
-            args.set.append(f"model.ssl={Path(args.ssl).resolve()}")
+        args.set = list(args.set) + flag_overrides(args.aug, args.stn, args.ssl, args.sas)
         cfg = config_from_args(args)
         if args.sas and not args.ssl:
             args.set.append(f"model.ssl={cached_ssl_encoder(cfg)}")
