@@ -53,6 +53,7 @@ def test_every_run_is_trained_scored_and_tabled(first_run):
     ssl_log = (work / "ssl-seed0.log").read_text()
     assert "loaded" in ssl_log and "encoder tensors" in ssl_log
     assert "encoder tensors" not in (work / "baseline-seed0.log").read_text()
+    assert "it/s" not in ssl_log  # no progress bars in the logs
     assert "- Table written at commit `" in out.read_text() and "table:" in proc.stdout
 
 
@@ -94,6 +95,15 @@ def test_records_alone_rebuild_the_table_without_training(first_run, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not list((tmp_path / "empty").iterdir()) and not (tmp_path / "cache").exists()
     assert out.read_text().replace(str(tmp_path / "empty"), "") == table.replace(str(first_run[0]), "")
+
+
+def test_the_table_covers_every_record_whichever_variants_are_asked_for(first_run, tmp_path):
+    _, out, cache, _ = first_run
+    only_baseline = [arg for arg in SMALL if arg != "ssl"]
+    proc = ablation(*only_baseline, "--work-dir", tmp_path, "--out", out, cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [row for row in out.read_text().splitlines() if row.startswith(("| UNet baseline", "| +SSL", "| +Aug"))]
+    assert [row.rstrip().rsplit("|", 2)[-2].strip() for row in rows] == ["1", "0", "1"]
 
 
 def test_a_record_of_another_protocol_is_refused_naming_it(first_run, tmp_path):

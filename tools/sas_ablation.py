@@ -18,8 +18,8 @@ every (variant, seed) whose record matches its protocol, and refuses, naming the
 a record made under another one. Without a record, a run whose folder under ``--work-dir`` holds
 its report is scored from it, and an interrupted training is resumed, so the command can be stopped
 and started again. The report (mean ± sample std over seeds, the baseline's headroom, Dice per
-corruption, the per-seed values with their commits, the command and hardware) is rewritten after
-every run.
+corruption, the per-seed values with their commits, the command and hardware) covers every record
+in the folder, whichever variants and seeds this invocation runs, and is rewritten after every run.
 """
 import argparse
 import json
@@ -123,6 +123,17 @@ def read_record(path, current):
     return record
 
 
+def collect_records(args, records):
+    """variant -> seed -> record, for every record in the folder (each must match this protocol)."""
+    results = {}
+    for path in sorted(records.glob("*-seed*.json")):
+        variant, _, seed = path.stem.rpartition("-seed")
+        if variant not in VARIANTS or not seed.isdigit():
+            raise ConfigError(f"{path}: not a run record name (<variant>-seed<N>.json, variants {', '.join(VARIANTS)})")
+        results.setdefault(variant, {})[int(seed)] = read_record(path, protocol(args, variant, int(seed)))
+    return results
+
+
 def run_variant(args, variant, seed, work_dir, records):
     """Train and score one (variant, seed) unless its record exists; returns the record."""
     current = protocol(args, variant, seed)
@@ -145,7 +156,7 @@ def run_variant(args, variant, seed, work_dir, records):
                     command += ["--set", *args.set]
             _run(command, log)
         _run([sys.executable, "tools/test.py", str(run / "best.npz"), "--corruptions", *args.corruptions,
-              "--severities", args.severities, "--out", str(report)], log)
+              "--severities", args.severities, "--out", str(report), "--no-progress"], log)
     history = json.loads((run / "history.json").read_text(encoding="utf-8"))
     host = host_info()
     record = {"variant": variant, "seed": seed, "protocol": current, "commit": git_commit(ignore=[records, args.out]),
@@ -204,14 +215,14 @@ def write_table(path, args, results, command):
     base = [np.mean(values) for values in zip(*map(_scores, results.get("baseline", {}).values()))]
     lines = ["# SAS ablation", "",
              f"Config `{_shown(Path(args.config))}`, data `{args.data or 'from the config'}`, "
-             f"seeds {', '.join(map(str, args.seeds))}"
+             f"seeds {', '.join(map(str, sorted({seed for runs in results.values() for seed in runs})))}"
              f"{', overrides ' + ' '.join(f'`{s}`' for s in args.set) if args.set else ''}; corruptions "
              f"`{' '.join(args.corruptions)}` at severities {args.severities}. In-domain: pooled test Dice. "
              "Corrupted: mean pooled Dice over the corruption suite. Mean ± sample standard deviation over seeds; "
              "Δ: difference of the means from the baseline.", "",
              "| variant | in-domain Dice | Δ | corruption-suite Dice | Δ | seeds done |",
              "|---|---:|---:|---:|---:|---:|"]
-    for variant in args.variants:
+    for variant in VARIANTS:
         done = results.get(variant, {})
         if not done:
             lines.append(f"| {LABELS[variant]} | – | – | – | – | 0 |")
@@ -226,10 +237,10 @@ def write_table(path, args, results, command):
         lines += ["", f"Headroom: the baseline loses {base[0] - base[1]:.4f} Dice from clean to corrupted test "
                   "images, so a variant that kept the baseline's clean Dice under every corruption would gain that "
                   "much on the corruption suite."]
-    lines += _corruption_table(args.variants, results)
+    lines += _corruption_table(VARIANTS, results)
     lines += ["", "Per seed (in-domain / corruption-suite Dice; the commit and hardware of the run, its training "
               "time, when its record was written):", ""]
-    for variant in args.variants:
+    for variant in VARIANTS:
         for seed, record in sorted(results.get(variant, {}).items()):
             clean, corrupt = _scores(record)
             minutes = f"{record['train_time_s'] / 60:.0f} min training" if record.get("train_time_s") else "–"
@@ -264,7 +275,7 @@ def main(argv):
     work_dir, records = Path(args.work_dir).resolve(), Path(args.records).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     records.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results = collect_records(args, records)
     for seed in args.seeds:
         for variant in args.variants:
             record = run_variant(args, variant, seed, work_dir, records)

@@ -28,6 +28,7 @@ def main(argv):
     parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma-separated, 1-5")
     parser.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruptions")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
@@ -60,14 +61,14 @@ def main(argv):
         raise DataError(f"split {args.split!r}: no images to evaluate")
     summary = evaluate(model, dataset, m.num_classes, threshold=e.threshold, use_fov=e.use_fov,
                        distances=e.distances, tile_size=args.tile_size or e.tile_size,
-                       tile_overlap=e.tile_overlap, tta=args.tta or e.tta, progress=True, desc=args.split)
+                       tile_overlap=e.tile_overlap, tta=args.tta or e.tta, progress=not args.no_progress, desc=args.split)
     report = {"checkpoint": str(args.checkpoint), "split": args.split, "num_images": len(dataset), **summary}
     table = None
     if corruptions:
         def pooled_dice(corrupted):
             result = evaluate(model, corrupted, m.num_classes, threshold=e.threshold, use_fov=e.use_fov,
                               distances=False, tile_size=args.tile_size or e.tile_size,
-                              tile_overlap=e.tile_overlap, tta=args.tta or e.tta, progress=True,
+                              tile_overlap=e.tile_overlap, tta=args.tta or e.tta, progress=not args.no_progress,
                               desc=f"{corrupted.name}@{corrupted.severity}")
             return result["pooled"]["dice"]
 
