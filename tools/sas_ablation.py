@@ -106,11 +106,9 @@ def protocol_differences(recorded, current):
 
 
 def read_record(path, current):
-    """The record at ``path`` if it was made under ``current`` (see :func:`protocol`), None when there is none."""
+    """The record at ``path``, which must have been made under ``current`` (see :func:`protocol`)."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: unreadable run record ({err}); delete it to run that (variant, seed) again")
     differences = protocol_differences(record.get("protocol") if isinstance(record, dict) else None, current)
@@ -135,12 +133,7 @@ def collect_records(args, records):
 
 
 def run_variant(args, variant, seed, work_dir, records):
-    """Train and score one (variant, seed) unless its record exists; returns the record."""
-    current = protocol(args, variant, seed)
-    record_path = records / f"{variant}-seed{seed}.json"
-    record = read_record(record_path, current)
-    if record is not None:
-        return record
+    """Train and score one (variant, seed) that has no record yet; writes its record and returns it."""
     run = work_dir / f"{variant}-seed{seed}"
     report = run / "robustness.json"
     log = work_dir / f"{variant}-seed{seed}.log"
@@ -159,13 +152,14 @@ def run_variant(args, variant, seed, work_dir, records):
               "--severities", args.severities, "--out", str(report), "--no-progress"], log)
     history = json.loads((run / "history.json").read_text(encoding="utf-8"))
     host = host_info()
-    record = {"variant": variant, "seed": seed, "protocol": current, "commit": git_commit(ignore=[records, args.out]),
+    record = {"variant": variant, "seed": seed, "protocol": protocol(args, variant, seed),
+              "commit": git_commit(ignore=[records, args.out]),
               "hardware": f"{host['cpu']}, {host['usable_cores']} usable of {host['cores']} cores; "
                           f"Python {host['python']}",
               "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "train_time_s": history.get("train_time_s"),
               "report": json.loads(report.read_text(encoding="utf-8"))}
-    write_json(record_path, record)
+    write_json(records / f"{variant}-seed{seed}.json", record)
     return record
 
 
@@ -278,7 +272,7 @@ def main(argv):
     results = collect_records(args, records)
     for seed in args.seeds:
         for variant in args.variants:
-            record = run_variant(args, variant, seed, work_dir, records)
+            record = results.get(variant, {}).get(seed) or run_variant(args, variant, seed, work_dir, records)
             results.setdefault(variant, {})[seed] = record
             clean, corrupt = _scores(record)
             print(f"{LABELS[variant]}, seed {seed}: in-domain Dice {clean:.4f}, corruption-suite Dice {corrupt:.4f}",

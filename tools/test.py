@@ -61,7 +61,8 @@ def main(argv):
         raise DataError(f"split {args.split!r}: no images to evaluate")
     summary = evaluate(model, dataset, m.num_classes, threshold=e.threshold, use_fov=e.use_fov,
                        distances=e.distances, tile_size=args.tile_size or e.tile_size,
-                       tile_overlap=e.tile_overlap, tta=args.tta or e.tta, progress=not args.no_progress, desc=args.split)
+                       tile_overlap=e.tile_overlap, tta=args.tta or e.tta, progress=not args.no_progress,
+                       desc=args.split)
     report = {"checkpoint": str(args.checkpoint), "split": args.split, "num_images": len(dataset), **summary}
     table = None
     if corruptions:
