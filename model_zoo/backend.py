@@ -12,10 +12,17 @@ Importing it (``from model_zoo.backend import jt``) makes ``import jittor`` work
 * Jittor's start-up info lines are hidden; warnings after start-up are kept.
 * SIGCHLD gets its default action back: Jittor's handler would end the process silently when a
   child process dies of a signal.
-* New threads get stacks of at least 64 MiB: Jittor's compile threads can overflow the usual 8 MiB
-  on large fused kernels and die without a message.
+* Kernels are compiled one at a time on the calling thread (``use_parallel_op_compiler=0``):
+  Jittor's pool of compile threads crashed now and then on a cold kernel cache (SIGSEGV in a
+  thread named ``C<n>``), killing the process. A cold cache compiles more slowly (about 1.4x on
+  two cores); a warm one is unaffected.
+* New threads get stacks of at least 64 MiB, for users who turn the compile threads back on:
+  building a fused kernel's source recurses once per character in ``std::regex`` and overflowed
+  the usual 8 MiB in them, which kills the process without a message. (The main thread is safe:
+  Jittor raises its stack limit to 512 MiB where the hard limit allows.)
 
-Environment variables set by the user always win (``use_mkl``, ``nvcc_path``, ``log_silent``).
+Environment variables set by the user always win (``use_mkl``, ``nvcc_path``, ``log_silent``,
+``use_parallel_op_compiler``).
 ``JMEDSEG_DEVICE=cpu|cuda`` forces the device before import; ``set_device`` switches after.
 """
 import ctypes
@@ -114,6 +121,7 @@ def _configure_environment():
             warnings.warn(f"jmedseg: oneDNN is off, CPU convolutions will be ~90x slower: {reason}",
                           RuntimeWarning, stacklevel=3)
     os.environ.setdefault("log_silent", "1")
+    os.environ.setdefault("use_parallel_op_compiler", "0")
     return forced
 
 
@@ -135,11 +143,12 @@ _THREAD_STACK_BYTES = 64 << 20
 def _enlarge_thread_stacks():
     """Make new threads' default stack at least 64 MiB (glibc; virtual memory, touched only as used).
 
-    Jittor builds kernel sources in a pool of compile threads, matching them with ``std::regex``,
-    whose matcher recurses once per character: a large fused kernel overflows the default thread
-    stack (the ``ulimit -s`` size, usually 8 MiB), and the process dies of SIGSEGV with no message
-    at all, since the overflow leaves no stack for a handler. Must run before Jittor starts its
-    threads.
+    Jittor builds a fused kernel's source with ``std::regex``, whose matcher recurses once per
+    character: on a compile thread a large kernel overflowed the default thread stack (the
+    ``ulimit -s`` size, usually 8 MiB), and the process died of SIGSEGV with no message at all,
+    since the overflow leaves no stack for a handler. Kernels compile on the main thread unless
+    the user sets ``use_parallel_op_compiler``; this keeps that choice safe too. Must run before
+    Jittor starts its threads.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -197,6 +206,7 @@ def report():
         else "off (Jittor did not load its mkl ops)",
         "cpu_count": os.cpu_count(),
         "omp_threads": os.environ.get("OMP_NUM_THREADS", "default (all cores)"),
+        "compile_threads": jt.flags.use_parallel_op_compiler or "none (kernels compile on the calling thread)",
         "jittor_cache": str(Path(jt.compiler.cache_path)),
     }
 

@@ -147,6 +147,19 @@ def test_new_threads_get_stacks_large_enough_for_jittors_compile_threads():
     assert f"default thread stack {64 << 20}" in proc.stdout
 
 
+def test_kernels_compile_on_the_calling_thread_unless_the_user_asks_for_compile_threads():
+    # Jittor's compile threads crashed now and then on a cold kernel cache (SIGSEGV in thread 'C2'
+    # while building kernels); the backend turns them off, and a user's own setting still wins.
+    script = "from model_zoo.backend import jt\nprint('compile threads', jt.flags.use_parallel_op_compiler)\n"
+    env = {k: v for k, v in os.environ.items() if k != "use_parallel_op_compiler"}
+    default = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    chosen = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT,
+                            env={**env, "use_parallel_op_compiler": "4"})
+    assert default.returncode == 0 and chosen.returncode == 0, default.stderr + chosen.stderr
+    assert "compile threads 0" in default.stdout
+    assert "compile threads 4" in chosen.stdout
+
+
 def test_env_report_runs():
     proc = subprocess.run([sys.executable, "-m", "jmedseg.env"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0
