@@ -15,7 +15,8 @@ Importing it (``from model_zoo.backend import jt``) makes ``import jittor`` work
 * Kernels are compiled one at a time on the calling thread (``use_parallel_op_compiler=0``):
   Jittor's pool of compile threads crashed now and then on a cold kernel cache (SIGSEGV in a
   thread named ``C<n>``), killing the process. A cold cache compiles more slowly (the test
-  suite on a cold cache, 2 cores: 18 min with the threads, 33 without); a warm one is unaffected.
+  suite on a cold cache, 2 cores: 18 min in the CI run that crashed, 33 min without the threads);
+  a warm one is unaffected.
 * New threads get stacks of at least 64 MiB, for users who turn the compile threads back on:
   building a fused kernel's source recurses once per character in ``std::regex`` and overflowed
   the usual 8 MiB in them, which kills the process without a message. (The main thread is safe:
