@@ -1,6 +1,7 @@
 """End to end through the command-line tools: train on the synthetic data, test, predict, errors."""
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -106,6 +107,35 @@ def test_bad_input_is_one_line_error(args, message):
     assert len(err_lines) == 1 and message in err_lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
 
+
+def option_help_entries(help_text):
+    """{option invocation: its help text} from argparse's ``--help`` output."""
+    entries, current = {}, None
+    for line in help_text.splitlines():
+        if re.match(r"^  -", line):
+            current, _, text = line.strip().partition("  ")
+            entries[current] = text.strip()
+        elif current and line.startswith("    "):
+            entries[current] = (entries[current] + " " + line.strip()).strip()
+        else:
+            current = None
+    return entries
+
+
+COMMAND_LINE_TOOLS = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "tools").glob("*.py")) + [
+    "ssl_pretrain/moco.py"]
+
+
+@pytest.mark.parametrize("tool", COMMAND_LINE_TOOLS)
+def test_every_option_says_what_it_does_and_its_default_once(tool):
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / tool), "--help"], capture_output=True, text=True,
+                          cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    entries = option_help_entries(proc.stdout)
+    assert entries and "-h, --help" in entries
+    for option, text in entries.items():
+        assert text, f"{tool}: {option} has no help"
+        assert text.count("(default") <= 1 and "(default: None)" not in text, f"{tool}: {option}: {text}"
 
 def test_speed_tool_prints_one_json_line():
     proc = run("speed.py", "--model", "unet", "--mode", "infer", "--size", "64", "--steps", "2", "--warmup", "1",

@@ -27,7 +27,7 @@ def images_per_second(function, repeats, warmup):
 def main(argv):
     parser = new_parser(__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="square image side")
-    parser.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    parser.add_argument("--channels", type=int, default=3, choices=[1, 3], help="image channels")
     parser.add_argument("--repeats", type=int, default=50, help="timed calls per op")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

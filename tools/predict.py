@@ -47,7 +47,7 @@ def main(argv):
     parser.add_argument("--tta", action="store_true", help="average flipped predictions")
     parser.add_argument("--threshold", type=float, help="foreground threshold (default: from the checkpoint)")
     parser.add_argument("--probs", action="store_true", help="also write foreground probability maps (8-bit PNG)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 

@@ -251,12 +251,14 @@ def main(argv):
                         help="training config of every run (default: configs/drive/unet.yaml)")
     parser.add_argument("--data", help="dataset root (default: the config's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="rows of the table: UNet baseline, +Aug, +STN, +SSL, +SAS")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--corruptions", nargs="+", default=["all"], help="corruptions (default: the whole suite)")
     parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma-separated")
     parser.add_argument("--work-dir", default="work_dirs/sas_ablation", help="parent of the run folders")
-    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "sas_ablation.md"), help="markdown report")
+    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "sas_ablation.md"),
+                        help="markdown report (default: results/sas_ablation.md)")
     parser.add_argument("--records", help="folder of the per-run records (default: <out without .md>_runs)")
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -57,9 +57,10 @@ def main(argv):
     parser.add_argument("--samples", type=int, default=5, help="augmented copies per image")
     parser.add_argument("--cell", type=int, default=192, help="side of one grid cell in pixels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pipeline")
-    parser.add_argument("--num-classes", type=int, default=2)
-    parser.add_argument("--in-channels", type=int, default=3, choices=[1, 3])
-    parser.add_argument("--preprocess", default="none", choices=["none", "green_clahe"])
+    parser.add_argument("--num-classes", type=int, default=2, help="mask classes, background included")
+    parser.add_argument("--in-channels", type=int, default=3, choices=[1, 3], help="image channels")
+    parser.add_argument("--preprocess", default="none", choices=["none", "green_clahe"],
+                        help="input preprocessing (data.preprocess)")
     parser.add_argument("--out", help="PNG path (default: <system temp folder>/jmedseg_aug_grid.png)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)

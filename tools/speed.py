@@ -17,14 +17,15 @@ from jmedseg.cli import REPO_ROOT, new_parser, run_tool
 def main(argv):
     parser = new_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="registered model name")
-    parser.add_argument("--mode", choices=["train", "infer"], default="train")
+    parser.add_argument("--mode", choices=["train", "infer"], default="train",
+                        help="a training step (forward, backward, Adam) or an inference pass")
     parser.add_argument("--batch", type=int, default=4, help="batch size (train; inference uses 1 unless given)")
     parser.add_argument("--size", type=int, default=256, help="square input side")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (kernel compiling)")
     parser.add_argument("--config", help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 

@@ -27,7 +27,7 @@ def main(argv):
                              "jmedseg.corruptions)")
     parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma-separated, 1-5")
     parser.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruptions")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
