@@ -1,6 +1,7 @@
 """SAS end to end: `tools/train.py --sas` pretrains MoCo once (cached, resumable), loads the encoder,
 trains with the SAS augmentation and the STN, and the checkpoint rebuilds the wrapped model; MoCo
 and the STN work around every registered network."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,6 +23,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 SMALL = ["--set", "model.args.base_channels=8", "model.args.depth=3", "train.iterations=20",
          "train.val_interval=20", "train.batch_size=4", "data.patch_size=64", "eval.distances=false"]
+
+
+def train_tool():
+    spec = importlib.util.spec_from_file_location("train_tool", REPO_ROOT / "tools" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def train(cache, work_dir, *args):
@@ -46,7 +54,10 @@ def test_sas_pretrains_loads_the_encoder_and_trains_with_stn_and_augmentation(sa
     assert "SSL encoder: MoCo pretraining unet first" in proc.stdout
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     preset = yaml.safe_load((REPO_ROOT / "configs" / "augment" / "sas.yaml").read_text())["data"]["augment"]
-    assert cfg["model"]["stn"] is True
+    assert cfg["model"]["stn"] is True and cfg["train"]["stn_penalty"] == train_tool().STN_PENALTY
+    drift = [float(row.split(",")[-1]) for row in (work / "log.csv").read_text().splitlines()[1:]]
+    assert (work / "log.csv").read_text().splitlines()[0].endswith(",stn_theta_dist") and drift
+    assert all(0.0 <= d < 1.0 for d in drift)
     assert [op["name"] for op in cfg["data"]["augment"]] == [op["name"] for op in preset]
     assert cfg["model"]["ssl"] == str(encoder_file)
 
@@ -80,6 +91,17 @@ def test_interrupted_cached_pretraining_is_resumed(sas_run, tmp_path):
     assert before.keys() == after.keys()
     for name in before:
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+def test_stn_flags_set_the_penalty_unless_set_gives_one():
+    tool = train_tool()
+    default = f"train.stn_penalty={tool.STN_PENALTY}"
+    for flags in ({"stn": True}, {"sas": True}):
+        cfg = load_config(overrides=tool.flag_overrides(["train.lr=0.01"], **flags))
+        assert cfg.train.stn_penalty == tool.STN_PENALTY and cfg.model.stn and cfg.train.lr == 0.01
+        cfg = load_config(overrides=tool.flag_overrides(["train.stn_penalty=0", "model.stn=false"], **flags))
+        assert cfg.train.stn_penalty == 0.0 and cfg.model.stn  # --set gives the weight; the flag turns the STN on
+    assert default not in tool.flag_overrides([], aug="sas") + tool.flag_overrides([], ssl="encoder.npz")
 
 
 # -- every registered network ---------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""Spatial transformer front end: coordinate conventions, inverse round trip, identity start, gradients."""
+"""Spatial transformer front end: coordinate conventions, inverse round trip, identity start, gradients,
+and its penalty and drift log in training."""
 import math
 
 import numpy as np
 import pytest
 
+from jmedseg.config import load_config
+from jmedseg.engine import Trainer
 from model_zoo import create_model
 from model_zoo.backend import jt
 from model_zoo.stn import STNSegmenter, invert_affine, wrap_with_stn
@@ -148,3 +151,21 @@ def test_bad_arguments():
         STNSegmenter(PassThrough(), in_channels=3, localisation_size=4)
     with pytest.raises(ModelZooError, match="in_channels"):
         wrap_with_stn(PassThrough())
+
+
+def test_training_adds_the_weighted_penalty_and_logs_the_drift(tmp_path):
+    theta = [[1.2, 0.0, 0.1], [0.0, 0.9, 0.0]]
+    distance_sq = 0.2 ** 2 + 0.1 ** 2 + 0.1 ** 2
+    first = {}
+    for weight in (0.0, 10.0):
+        cfg = load_config(overrides=[
+            "model.stn=true", "model.args={base_channels: 4, depth: 2}", "data.patch_size=64",
+            "train.batch_size=2", "train.iterations=1", "train.log_interval=1", "train.val_interval=100",
+            f"train.stn_penalty={weight}"])
+        trainer = Trainer(cfg, tmp_path / f"w{weight:g}", progress=False)
+        set_theta(trainer.model, theta)
+        trainer.train()
+        first[weight] = trainer.log_rows[0]
+        assert first[weight]["stn_theta_dist"] == pytest.approx(math.sqrt(distance_sq), rel=1e-5)
+    # Same seed, weights and batch: the losses differ by exactly the penalty term.
+    assert first[10.0]["loss"] - first[0.0]["loss"] == pytest.approx(10.0 * distance_sq, rel=1e-4)

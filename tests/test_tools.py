@@ -137,6 +137,7 @@ def test_every_option_says_what_it_does_and_its_default_once(tool):
         assert text, f"{tool}: {option} has no help"
         assert text.count("(default") <= 1 and "(default: None)" not in text, f"{tool}: {option}: {text}"
 
+
 def test_speed_tool_prints_one_json_line():
     proc = run("speed.py", "--model", "unet", "--mode", "infer", "--size", "64", "--steps", "2", "--warmup", "1",
                "--set", "model.args.base_channels=4")

@@ -60,9 +60,9 @@ def _common(args):
     return flags
 
 
-def _run_args(args, seed, overrides=()):
+def _run_args(args, seed, sets=None):
     return argparse.Namespace(model=None, config=args.config, data=args.data, seed=seed, device=None,
-                              set=[*args.set, *overrides])
+                              set=list(args.set if sets is None else sets))
 
 
 def ssl_encoder(args, seed):
@@ -76,8 +76,9 @@ def protocol(args, variant, seed):
     name; ``model.ssl``, the seed's cached MoCo encoder, is represented by the MoCo settings), and
     the corruptions and severities it is scored under."""
     flags = VARIANTS[variant]
-    overrides = flag_overrides(aug="sas" if "--aug" in flags else None, stn="--stn" in flags, sas="--sas" in flags)
-    config = config_from_args(_run_args(args, seed, overrides)).to_dict()
+    sets = flag_overrides(args.set, aug="sas" if "--aug" in flags else None, stn="--stn" in flags,
+                          sas="--sas" in flags)
+    config = config_from_args(_run_args(args, seed, sets)).to_dict()
     config["data"]["root"] = Path(config["data"]["root"]).name if config["data"]["root"] else None
     config["model"]["ssl"], config["work_dir"] = None, None
     return {"config": config, "corruptions": parse_corruptions(",".join(args.corruptions)),
