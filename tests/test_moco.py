@@ -220,7 +220,11 @@ def test_short_run_learns_instance_discrimination(short_run):
     # The first 2 steps meet a queue of random vectors (easy negatives); compare from step 2 on.
     first, last = history[2:17].mean(axis=0), history[-15:].mean(axis=0)
     assert last[0] < first[0] - 0.3, (first, last)  # loss
-    assert last[1] > first[1] + 0.08, (first, last)  # top-1 among [positive, queue]
+    # Top-1 among [positive, queue] rises by more than twice the standard error of the difference
+    # of two such means (15 steps of 16 queries each): a fixed margin was within the noise.
+    queries = 15 * 16
+    noise = np.sqrt((first[1] * (1 - first[1]) + last[1] * (1 - last[1])) / queries)
+    assert last[1] > first[1] + 2 * noise, (first, last, noise)
     # On fixed view pairs of all 96 images: own-image retrieval rises and the embeddings spread out.
     assert after[0] > before[0] + 0.1, (before, after)
     assert after[1] < before[1] - 0.2, (before, after)
