@@ -121,7 +121,7 @@ class Trainer:
         self.log_rows, self.val_rows = [], []
         self.lr_scale, self.nan_retries_used = 1.0, 0
         self.window_loss, self.window_steps, self.elapsed = 0.0, 0, 0.0
-        self.window_theta = 0.0  # sum over the log window of the STN's ||θ - I||² (model.stn)
+        self.window_stn_dist_sq = 0.0  # sum over the log window of the STN's ||θ - I||² (model.stn)
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self):
@@ -129,7 +129,7 @@ class Trainer:
         return {"step": self.step, "best_dice": None if self.best_dice == -math.inf else self.best_dice,
                 "log_rows": self.log_rows, "val_rows": self.val_rows, "lr_scale": self.lr_scale,
                 "nan_retries_used": self.nan_retries_used, "window_loss": self.window_loss,
-                "window_theta": self.window_theta,
+                "window_stn_dist_sq": self.window_stn_dist_sq,
                 "window_steps": self.window_steps, "elapsed": self.elapsed,
                 "sampler": self.sampler.state_dict(), "ema_updates": self.ema.updates if self.ema else None}
 
@@ -139,7 +139,7 @@ class Trainer:
         self.log_rows, self.val_rows = list(state["log_rows"]), list(state["val_rows"])
         self.lr_scale, self.nan_retries_used = float(state["lr_scale"]), int(state["nan_retries_used"])
         self.window_loss, self.window_steps = float(state["window_loss"]), int(state["window_steps"])
-        self.window_theta = float(state.get("window_theta", 0.0))  # absent from checkpoints made before it
+        self.window_stn_dist_sq = float(state.get("window_stn_dist_sq", 0.0))  # absent from checkpoints made before it
         self.elapsed = float(state["elapsed"])
         self.sampler.load_state_dict(state["sampler"])
 
@@ -196,9 +196,11 @@ class Trainer:
         elif multi:
             logits = logits[0]
         loss = self.loss_fn(logits, jt.array(masks))
-        theta = self.model.stn_penalty() if self.cfg.model.stn else None
-        if theta is not None and self.cfg.train.stn_penalty:
-            loss = loss + self.cfg.train.stn_penalty * theta
+        stn_dist_sq = None
+        if self.cfg.model.stn:
+            # In the loss even at weight 0, so the logged distance is computed with the step's own weights.
+            stn_dist_sq = self.model.stn_penalty()
+            loss = loss + self.cfg.train.stn_penalty * stn_dist_sq
         if self.cfg.train.grad_clip:
             self.optimizer.zero_grad()
             self.optimizer.backward(loss)
@@ -210,7 +212,8 @@ class Trainer:
             # BatchNorm's running statistics hold pending all-reduces; run them now, on every rank
             # in the same order, not lazily when rank 0 alone reads them in validation.
             jt.sync_all()
-        return dist.mean_over_ranks(loss.item()), None if theta is None else dist.mean_over_ranks(theta.item())
+        return (dist.mean_over_ranks(loss.item()),
+                None if stn_dist_sq is None else dist.mean_over_ranks(stn_dist_sq.item()))
 
     def _recover_from_nan(self, loss, lr):
         """Reload ``last.npz`` with a lower learning rate, or stop naming the step."""
@@ -267,7 +270,7 @@ class Trainer:
             entropy = [self.seed, self.step] + ([dist.rank()] if dist.is_distributed() else [])
             jt.set_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0] >> 1))
             images, masks = next(batches)
-            loss, theta = self._train_step(images, masks)
+            loss, stn_dist_sq = self._train_step(images, masks)
             if not math.isfinite(loss):
                 self._recover_from_nan(loss, lr)
                 bar.n = self.step
@@ -276,7 +279,7 @@ class Trainer:
             if self.ema:
                 self.ema.update(self.model)
             self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
-            self.window_theta += theta or 0.0
+            self.window_stn_dist_sq += stn_dist_sq or 0.0
             bar.update(1)
             now = time.perf_counter()
             self.elapsed, clock = self.elapsed + now - clock, now
@@ -286,14 +289,14 @@ class Trainer:
                        "elapsed_s": self.elapsed}
                 if cfg.model.stn:
                     # Root mean square distance of the STN's transforms from the identity: watch it drift.
-                    row["stn_theta_dist"] = math.sqrt(self.window_theta / self.window_steps)
+                    row["stn_theta_dist"] = math.sqrt(self.window_stn_dist_sq / self.window_steps)
                 self.log_rows.append(row)
                 if dist.is_main():
                     write_text(self.work_dir / "log.csv", _rows_to_csv(self.log_rows))
                 shown = {"stn_theta": f"{row['stn_theta_dist']:.3f}"} if cfg.model.stn else {}
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{row['images_per_s']:.1f}", **shown)
                 self.window_loss, self.window_steps, window_start = 0.0, 0, time.perf_counter()
-                self.window_theta = 0.0
+                self.window_stn_dist_sq = 0.0
             if self.step % t.val_interval == 0 or self.step == self.total_steps:
                 row = self.validate()
                 if row:
