@@ -4,6 +4,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +22,34 @@ def kill_after_checkpoint(command, checkpoint, settle=0.0, timeout=300):
     time.sleep(settle)
     child.send_signal(signal.SIGKILL)
     child.wait()
+
+
+def materialise(model):
+    """Compute a model's lazily drawn initial weights now, as the trainer does.
+
+    Otherwise the first pass fuses their drawing into its kernels, and a cold Jittor cache compiles
+    each graph twice: once with the drawing, once on the materialised weights.
+    """
+    from model_zoo.backend import jt
+
+    jt.sync(list(model.state_dict().values()))
+    return model
+
+
+def zero_gradient_names(model, x):
+    """Names of the parameters whose gradient is exactly zero under a fixed random weighting of the outputs.
+
+    The gradient tests all build this one graph, so each network's backward kernels compile once.
+    """
+    from model_zoo.backend import jt
+
+    params = [p for p in model.parameters() if not p.name().endswith(("running_mean", "running_var"))]
+    jt.set_seed(0)  # the same dropout masks for every call
+    out = model(x)
+    outputs = out if isinstance(out, (list, tuple)) else [out]
+    weights = jt.array(np.random.RandomState(1).randn(*tuple(outputs[0].shape)).astype("float32"))
+    grads = jt.grad(sum((o * weights).mean() for o in outputs), params)
+    return {p.name() for p, g in zip(params, grads) if not np.abs(g.numpy()).sum() > 0}
 
 
 def shared_data_root():

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from conftest import materialise, zero_gradient_names
 from jmedseg.checkpoint import load_checkpoint, save_checkpoint
 from model_zoo import (InputSizeError, ModelZooError, UnknownModelError, count_parameters, create_model,
                        list_models, tiny_args)
@@ -12,11 +13,7 @@ MODELS = list_models()
 
 def build(name, in_channels=3, num_classes=2):
     jt.set_global_seed(0)
-    model = create_model(name, in_channels=in_channels, num_classes=num_classes, **tiny_args(name))
-    # Materialise the lazily drawn initial weights, as the trainer does: otherwise the first pass
-    # fuses their drawing into its kernels, and a cold cache compiles every graph twice.
-    jt.sync(list(model.state_dict().values()))
-    return model
+    return materialise(create_model(name, in_channels=in_channels, num_classes=num_classes, **tiny_args(name)))
 
 
 def _input(shape, seed=0):
@@ -31,20 +28,6 @@ def test_forward_shape_and_finite(name, size):
     out = model(_input((2, 1) + size))
     assert list(out.shape) == [2, 3, *size]
     assert np.isfinite(out.numpy()).all()
-
-
-def zero_gradient_names(model, x):
-    """Names of the parameters whose gradient is exactly zero under a fixed random weighting of the outputs.
-
-    The gradient tests all build this one graph, so each network's backward kernels compile once.
-    """
-    params = [p for p in model.parameters() if not p.name().endswith(("running_mean", "running_var"))]
-    jt.set_seed(0)  # the same dropout masks for every call
-    out = model(x)
-    outputs = out if isinstance(out, (list, tuple)) else [out]
-    weights = _input(tuple(outputs[0].shape), seed=1)
-    grads = jt.grad(sum((o * weights).mean() for o in outputs), params)
-    return {p.name() for p, g in zip(params, grads) if not np.abs(g.numpy()).sum() > 0}
 
 
 @pytest.mark.parametrize("name", MODELS)
