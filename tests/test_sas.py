@@ -2,6 +2,7 @@
 trains with the SAS augmentation and the STN, and the checkpoint rebuilds the wrapped model; MoCo
 and the STN work around every registered network."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, materialise, zero_gradient_names
-from jmedseg.checkpoint import load_checkpoint, read_checkpoint
+from jmedseg.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from jmedseg.config import load_config
 from jmedseg.engine import Trainer, build_optimizer
 from jmedseg.ssl import MoCo
@@ -91,6 +92,34 @@ def test_interrupted_cached_pretraining_is_resumed(sas_run, tmp_path):
     assert before.keys() == after.keys()
     for name in before:
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+
+def score(checkpoint, out, *args):
+    """``tools/test.py``'s pooled metrics for ``checkpoint``."""
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(checkpoint), "--no-progress",
+                           "--out", str(out), *args], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text())["pooled"]
+
+
+def test_test_tool_without_stn_scores_the_segmenter_on_the_unwarped_image(sas_run, tmp_path):
+    _, work, _ = sas_run
+    model, meta = load_checkpoint(work / "last.npz")
+    head = model.localisation.theta  # predict a shift by a quarter of the image for every input
+    head.weight = jt.zeros(head.weight.shape, dtype="float32")
+    head.bias = jt.array(np.array([1, 0, 0.5, 0, 1, 0], np.float32))
+    save_checkpoint(tmp_path / "shifted.npz", model, meta)
+
+    without = score(work / "last.npz", tmp_path / "a.json", "--without-stn")
+    assert score(tmp_path / "shifted.npz", tmp_path / "b.json", "--without-stn") == without
+    assert score(tmp_path / "shifted.npz", tmp_path / "c.json")["auc"] != without["auc"]
+
+    plain = tmp_path / "plain.npz"
+    save_checkpoint(plain, model.model, dict(meta, model=dict(meta["model"], stn=False)))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(plain), "--without-stn"],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {plain}: --without-stn: this checkpoint's model has no STN" in proc.stderr
 
 
 def test_stn_flags_set_the_penalty_unless_set_gives_one():

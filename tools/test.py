@@ -7,6 +7,10 @@
 With ``--corruptions`` the split is also scored under the corruptions of :mod:`jmedseg.corruptions`
 (deterministic, seeded per image and corruption): a table of pooled Dice per corruption and severity
 is printed and the report gains ``corruptions: {name: {severity: dice}}`` and ``corruption_mean_dice``.
+
+``--without-stn`` scores the segmenter inside an STN checkpoint on the images as they are, i.e. with
+the transform fixed to the identity: set against the same command without it, what the STN's
+transforms add or cost at test time.
 """
 from pathlib import Path
 
@@ -27,6 +31,8 @@ def main(argv):
                              "jmedseg.corruptions)")
     parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma-separated, 1-5")
     parser.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruptions")
+    parser.add_argument("--without-stn", action="store_true",
+                        help="score an STN checkpoint's segmenter without its transform (the identity)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -39,6 +45,7 @@ def main(argv):
     from jmedseg.engine import evaluate, format_report
     from jmedseg.io import write_json
     from model_zoo.backend import set_device
+    from model_zoo.stn import STNSegmenter
 
     corruptions = parse_corruptions(",".join(args.corruptions)) if args.corruptions else []
     severities = parse_severities(args.severities)
@@ -46,6 +53,10 @@ def main(argv):
         raise ConfigError(f"--corruption-seed: must be >= 0, got {args.corruption_seed}")
     set_device(args.device)
     model, meta = load_checkpoint(args.checkpoint)
+    if args.without_stn:
+        if not isinstance(model, STNSegmenter):
+            raise ConfigError(f"{args.checkpoint}: --without-stn: this checkpoint's model has no STN")
+        model = model.model
     cfg = Config.from_dict(meta["config"], source=f"{args.checkpoint} (saved config)")
     m, d, e = cfg.model, cfg.data, cfg.eval
     if args.data:
@@ -63,7 +74,8 @@ def main(argv):
                        distances=e.distances, tile_size=args.tile_size or e.tile_size,
                        tile_overlap=e.tile_overlap, tta=args.tta or e.tta, progress=not args.no_progress,
                        desc=args.split)
-    report = {"checkpoint": str(args.checkpoint), "split": args.split, "num_images": len(dataset), **summary}
+    report = {"checkpoint": str(args.checkpoint), "split": args.split, "num_images": len(dataset),
+              "without_stn": args.without_stn, **summary}
     table = None
     if corruptions:
         def pooled_dice(corrupted):
