@@ -94,10 +94,14 @@ def test_interrupted_cached_pretraining_is_resumed(sas_run, tmp_path):
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
 
+def run_test_tool(checkpoint, *args):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(checkpoint), "--no-progress",
+                           *map(str, args)], capture_output=True, text=True, cwd=REPO_ROOT)
+
+
 def score(checkpoint, out, *args):
     """``tools/test.py``'s pooled metrics for ``checkpoint``."""
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(checkpoint), "--no-progress",
-                           "--out", str(out), *args], capture_output=True, text=True, cwd=REPO_ROOT)
+    proc = run_test_tool(checkpoint, "--out", out, *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())["pooled"]
 
@@ -116,8 +120,7 @@ def test_test_tool_without_stn_scores_the_segmenter_on_the_unwarped_image(sas_ru
 
     plain = tmp_path / "plain.npz"
     save_checkpoint(plain, model.model, dict(meta, model=dict(meta["model"], stn=False)))
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "test.py"), str(plain), "--without-stn"],
-                          capture_output=True, text=True, cwd=REPO_ROOT)
+    proc = run_test_tool(plain, "--without-stn")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {plain}: --without-stn: this checkpoint's model has no STN" in proc.stderr
 
