@@ -117,6 +117,20 @@ def test_a_record_of_another_protocol_is_refused_naming_it(first_run, tmp_path):
     assert proc.returncode == 2 and "(differs in severities)" in proc.stderr
 
 
+def test_a_run_folder_of_another_protocol_is_neither_resumed_nor_reused(first_run, tmp_path):
+    work, _, cache, _ = first_run
+    logs = {p.name: p.read_text() for p in work.glob("*.log")}
+    other = [arg if arg != "train.iterations=20" else "train.iterations=30" for arg in SMALL]
+    proc = ablation(*other, "--work-dir", work, "--out", tmp_path / "ablation.md", cache=cache)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (f"{work / 'baseline-seed0'}: run folder trained or scored under another protocol "
+            "(differs in config.train.iterations)") in proc.stderr
+    proc = ablation(*SMALL[:-1], "2", "--work-dir", work, "--out", tmp_path / "ablation.md", cache=cache)
+    assert proc.returncode == 2 and "baseline-seed0: run folder trained or scored under another protocol " \
+                                    "(differs in severities)" in proc.stderr
+    assert {p.name: p.read_text() for p in work.glob("*.log")} == logs and not (tmp_path / "ablation.md").exists()
+
+
 def test_an_unreadable_record_is_a_one_line_error(tmp_path):
     records = tmp_path / "ablation_runs"
     records.mkdir()

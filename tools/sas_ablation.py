@@ -70,6 +70,14 @@ def ssl_encoder(args, seed):
     return cached_ssl_encoder(config_from_args(_run_args(args, seed)))
 
 
+def _portable(config):
+    """A resolved training config (a dict) without this machine's folders: ``data.root`` becomes the
+    dataset folder's name, ``model.ssl`` (the seed's cached MoCo encoder) and ``work_dir`` go."""
+    config["data"]["root"] = Path(config["data"]["root"]).name if config["data"]["root"] else None
+    config["model"]["ssl"], config["work_dir"] = None, None
+    return config
+
+
 def protocol(args, variant, seed):
     """What decides a run's numbers: the resolved training config ``tools/train.py`` builds from the
     variant's flags, without this machine's folders (``data.root`` becomes the dataset folder's
@@ -78,9 +86,7 @@ def protocol(args, variant, seed):
     flags = VARIANTS[variant]
     sets = flag_overrides(args.set, aug="sas" if "--aug" in flags else None, stn="--stn" in flags,
                           sas="--sas" in flags)
-    config = config_from_args(_run_args(args, seed, sets)).to_dict()
-    config["data"]["root"] = Path(config["data"]["root"]).name if config["data"]["root"] else None
-    config["model"]["ssl"], config["work_dir"] = None, None
+    config = _portable(config_from_args(_run_args(args, seed, sets)).to_dict())
     return {"config": config, "corruptions": parse_corruptions(",".join(args.corruptions)),
             "severities": parse_severities(args.severities),
             "moco": SAS_MOCO_FLAGS if {"--ssl", "--sas"} & set(flags) else None}
@@ -133,11 +139,35 @@ def collect_records(args, records):
     return results
 
 
+def check_run_folder(run, current):
+    """Refuse to resume or reuse the run folder ``run`` when what it holds was trained (its
+    ``config.yaml``) or scored (its ``robustness.json``) under another protocol than ``current``."""
+    differences = []
+    if (run / "config.yaml").exists():
+        trained = _portable(load_config(run / "config.yaml").to_dict())
+        differences += protocol_differences(dict(current, config=trained), current)
+    if (run / "robustness.json").exists():
+        try:
+            scored = json.loads((run / "robustness.json").read_text(encoding="utf-8"))["corruptions"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{run / 'robustness.json'}: unreadable report ({err}); delete it to score the "
+                              "run again")
+        if set(scored) != set(current["corruptions"]):
+            differences.append("corruptions")
+        severities = set(current["severities"])
+        if any({int(severity) for severity in by_severity} != severities for by_severity in scored.values()):
+            differences.append("severities")
+    if differences:
+        raise ConfigError(f"{run}: run folder trained or scored under another protocol (differs in "
+                          f"{', '.join(differences)}); delete it or give another --work-dir")
+
+
 def run_variant(args, variant, seed, work_dir, records):
     """Train and score one (variant, seed) that has no record yet; writes its record and returns it."""
     run = work_dir / f"{variant}-seed{seed}"
     report = run / "robustness.json"
     log = work_dir / f"{variant}-seed{seed}.log"
+    check_run_folder(run, protocol(args, variant, seed))
     if not report.exists():
         if not (run / "test_report.json").exists():
             if (run / "last.npz").exists():
