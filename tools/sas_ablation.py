@@ -167,7 +167,8 @@ def run_variant(args, variant, seed, work_dir, records):
     run = work_dir / f"{variant}-seed{seed}"
     report = run / "robustness.json"
     log = work_dir / f"{variant}-seed{seed}.log"
-    check_run_folder(run, protocol(args, variant, seed))
+    current = protocol(args, variant, seed)
+    check_run_folder(run, current)
     if not report.exists():
         if not (run / "test_report.json").exists():
             if (run / "last.npz").exists():
@@ -183,7 +184,7 @@ def run_variant(args, variant, seed, work_dir, records):
               "--severities", args.severities, "--out", str(report), "--no-progress"], log)
     history = json.loads((run / "history.json").read_text(encoding="utf-8"))
     host = host_info()
-    record = {"variant": variant, "seed": seed, "protocol": protocol(args, variant, seed),
+    record = {"variant": variant, "seed": seed, "protocol": current,
               "commit": git_commit(ignore=[records, args.out]),
               "hardware": f"{host['cpu']}, {host['usable_cores']} usable of {host['cores']} cores; "
                           f"Python {host['python']}",
