@@ -106,6 +106,29 @@ def test_the_table_covers_every_record_whichever_variants_are_asked_for(first_ru
     assert [row.rstrip().rsplit("|", 2)[-2].strip() for row in rows] == ["1", "0", "1"]
 
 
+def test_the_diagnostic_variant_runs_only_when_named_and_then_gets_a_row(first_run, tmp_path):
+    work, out, cache, _ = first_run
+    assert "+Aug+SSL" not in out.read_text()  # not in the default variants, no row without a run
+    diagnostic = [arg if arg != "ssl" else "aug_ssl" for arg in SMALL if arg != "baseline"]
+    report = tmp_path / "ablation.md"
+    for name in ("baseline", "ssl"):  # the first run's records, so the table has its baseline
+        (tmp_path / "ablation_runs").mkdir(exist_ok=True)
+        (tmp_path / "ablation_runs" / f"{name}-seed0.json").write_text(
+            (out.with_name("ablation_runs") / f"{name}-seed0.json").read_text())
+    proc = ablation(*diagnostic, "--work-dir", tmp_path / "runs", "--out", report, cache=cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*.log")) == ["aug_ssl-seed0.log"]
+    log = (tmp_path / "runs" / "aug_ssl-seed0.log").read_text()
+    assert "encoder tensors" in log and "--aug" in log and "--stn" not in log
+    record = json.loads((tmp_path / "ablation_runs" / "aug_ssl-seed0.json").read_text())
+    config = record["protocol"]["config"]
+    assert config["data"]["augment"] and not config["model"]["stn"] and record["protocol"]["moco"]
+    rows = [row for row in report.read_text().splitlines() if row.startswith("| ")]
+    variant_rows = [row.split(" | ")[0].lstrip("| ") for row in rows if row.rstrip().endswith(("| 0 |", "| 1 |"))]
+    assert variant_rows == ["UNet baseline", "+Aug", "+STN", "+SSL", "+SAS (all three)", "+Aug+SSL (no STN)"]
+    assert report.read_text().count("+Aug+SSL (no STN)") == 3  # its row, its corruption column, its seed line
+
+
 def test_a_record_of_another_protocol_is_refused_naming_it(first_run, tmp_path):
     _, out, cache, _ = first_run
     other = [arg if arg != "train.iterations=20" else "train.iterations=30" for arg in SMALL]

@@ -39,9 +39,13 @@ from jmedseg.errors import ConfigError
 from jmedseg.io import write_json
 from train import SAS_MOCO_FLAGS, cached_ssl_encoder, flag_overrides  # tools/train.py: this folder is on sys.path
 
-VARIANTS = {"baseline": [], "aug": ["--aug"], "stn": ["--stn"], "ssl": ["--ssl"], "sas": ["--sas"]}
+VARIANTS = {"baseline": [], "aug": ["--aug"], "stn": ["--stn"], "ssl": ["--ssl"], "sas": ["--sas"],
+            "aug_ssl": ["--aug", "--ssl"]}
 """Variant name -> tools/train.py flags; ``--ssl`` is followed by the seed's MoCo encoder."""
-LABELS = {"baseline": "UNet baseline", "aug": "+Aug", "stn": "+STN", "ssl": "+SSL", "sas": "+SAS (all three)"}
+LABELS = {"baseline": "UNet baseline", "aug": "+Aug", "stn": "+STN", "ssl": "+SSL", "sas": "+SAS (all three)",
+          "aug_ssl": "+Aug+SSL (no STN)"}
+ABLATION = ["baseline", "aug", "stn", "ssl", "sas"]
+"""The ablation's rows, run by default; the other variants are diagnostics, shown once they have a run."""
 
 
 def _run(command, log):
@@ -233,6 +237,11 @@ def _shown(path):
     return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
+def _shown_variants(results):
+    """The ablation's rows, then the diagnostic variants that have a run."""
+    return ABLATION + [variant for variant in VARIANTS if variant not in ABLATION and results.get(variant)]
+
+
 def write_table(path, args, results, command):
     """The markdown report: mean ± std per variant, the change against the baseline, Dice per corruption, per-seed
     values. ``results`` maps variant -> seed -> the run's record (see :func:`run_variant`)."""
@@ -248,7 +257,7 @@ def write_table(path, args, results, command):
              "Δ: difference of the means from the baseline.", "",
              "| variant | in-domain Dice | Δ | corruption-suite Dice | Δ | seeds done |",
              "|---|---:|---:|---:|---:|---:|"]
-    for variant in VARIANTS:
+    for variant in _shown_variants(results):
         done = results.get(variant, {})
         if not done:
             lines.append(f"| {LABELS[variant]} | – | – | – | – | 0 |")
@@ -263,10 +272,10 @@ def write_table(path, args, results, command):
         lines += ["", f"Headroom: the baseline loses {base[0] - base[1]:.4f} Dice from clean to corrupted test "
                   "images, so a variant that kept the baseline's clean Dice under every corruption would gain that "
                   "much on the corruption suite."]
-    lines += _corruption_table(VARIANTS, results)
+    lines += _corruption_table(_shown_variants(results), results)
     lines += ["", "Per seed (in-domain / corruption-suite Dice; the commit and hardware of the run, its training "
               "time, when its record was written):", ""]
-    for variant in VARIANTS:
+    for variant in _shown_variants(results):
         for seed, record in sorted(results.get(variant, {}).items()):
             clean, corrupt = _scores(record)
             minutes = f"{record['train_time_s'] / 60:.0f} min training" if record.get("train_time_s") else "–"
@@ -283,8 +292,9 @@ def main(argv):
                         help="training config of every run (default: configs/drive/unet.yaml)")
     parser.add_argument("--data", help="dataset root (default: the config's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="rows of the table: UNet baseline, +Aug, +STN, +SSL, +SAS")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=ABLATION,
+                        help="rows of the table (default: the ablation's UNet baseline, +Aug, +STN, +SSL, +SAS; "
+                        "aug_ssl, +Aug with the MoCo encoder and no STN, is a diagnostic run only when named)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     parser.add_argument("--corruptions", nargs="+", default=["all"], help="corruptions (default: the whole suite)")
     parser.add_argument("--severities", default="1,2,3,4,5", help="corruption severities, comma-separated")
