@@ -161,3 +161,20 @@ def test_an_unreadable_record_is_a_one_line_error(tmp_path):
     proc = ablation(*SMALL, "--work-dir", tmp_path / "work", "--out", tmp_path / "ablation.md", cache=tmp_path)
     assert proc.returncode == 2 and "baseline-seed0.json: unreadable run record" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_committed_table_is_what_the_committed_records_give(tmp_path):
+    """results/sas_ablation.md holds only numbers its records produce under today's protocol."""
+    committed = REPO_ROOT / "results" / "sas_ablation.md"
+    data = tmp_path / "DRIVE"  # records keep only the dataset folder's name
+    data.mkdir()
+    out = tmp_path / "sas_ablation.md"
+    proc = ablation("--data", data, "--set", "eval.distances=false", "--severities", "2,4", "--seeds", "0",
+                    "--variants", "baseline", "--records", committed.with_name("sas_ablation_runs"), "--out", out,
+                    "--work-dir", tmp_path / "runs", cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not list((tmp_path / "runs").iterdir())  # every record matched: nothing was trained
+
+    def body(text):
+        return text[text.index("| variant |"):text.index("- Command:")]
+    assert body(out.read_text()) == body(committed.read_text())
