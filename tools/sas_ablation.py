@@ -7,7 +7,8 @@
 Every (variant, seed) run is ``tools/train.py`` with the variant's flags, then ``tools/test.py
 --corruptions`` on its weights: the in-domain test Dice (pooled, the config's evaluation) and the
 mean Dice over the corruption suite. +SSL and +SAS share, per seed, one MoCo-pretrained encoder:
-the one ``--sas`` pretrains on the training images and caches (``tools/train.py``).
+the one ``--sas`` pretrains on the training images and caches (``tools/train.py``). The diagnostic
+variant ``aug_ssl`` (+Aug with that encoder, no STN) runs only when ``--variants`` names it.
 
 Each finished run leaves a record in ``--records`` (default: beside the report, ``<report>_runs/``):
 its scores (the ``tools/test.py`` report), the protocol that produced them (the run's resolved
