@@ -111,8 +111,8 @@ def test_the_diagnostic_variant_runs_only_when_named_and_then_gets_a_row(first_r
     assert "+Aug+SSL" not in out.read_text()  # not in the default variants, no row without a run
     diagnostic = [arg if arg != "ssl" else "aug_ssl" for arg in SMALL if arg != "baseline"]
     report = tmp_path / "ablation.md"
+    (tmp_path / "ablation_runs").mkdir()
     for name in ("baseline", "ssl"):  # the first run's records, so the table has its baseline
-        (tmp_path / "ablation_runs").mkdir(exist_ok=True)
         (tmp_path / "ablation_runs" / f"{name}-seed0.json").write_text(
             (out.with_name("ablation_runs") / f"{name}-seed0.json").read_text())
     proc = ablation(*diagnostic, "--work-dir", tmp_path / "runs", "--out", report, cache=cache)

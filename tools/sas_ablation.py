@@ -249,6 +249,7 @@ def write_table(path, args, results, command):
     from jmedseg.io import write_text
 
     base = [np.mean(values) for values in zip(*map(_scores, results.get("baseline", {}).values()))]
+    shown = _shown_variants(results)
     lines = ["# SAS ablation", "",
              f"Config `{_shown(Path(args.config))}`, data `{args.data or 'from the config'}`, "
              f"seeds {', '.join(map(str, sorted({seed for runs in results.values() for seed in runs})))}"
@@ -258,7 +259,7 @@ def write_table(path, args, results, command):
              "Δ: difference of the means from the baseline.", "",
              "| variant | in-domain Dice | Δ | corruption-suite Dice | Δ | seeds done |",
              "|---|---:|---:|---:|---:|---:|"]
-    for variant in _shown_variants(results):
+    for variant in shown:
         done = results.get(variant, {})
         if not done:
             lines.append(f"| {LABELS[variant]} | – | – | – | – | 0 |")
@@ -273,10 +274,10 @@ def write_table(path, args, results, command):
         lines += ["", f"Headroom: the baseline loses {base[0] - base[1]:.4f} Dice from clean to corrupted test "
                   "images, so a variant that kept the baseline's clean Dice under every corruption would gain that "
                   "much on the corruption suite."]
-    lines += _corruption_table(_shown_variants(results), results)
+    lines += _corruption_table(shown, results)
     lines += ["", "Per seed (in-domain / corruption-suite Dice; the commit and hardware of the run, its training "
               "time, when its record was written):", ""]
-    for variant in _shown_variants(results):
+    for variant in shown:
         for seed, record in sorted(results.get(variant, {}).items()):
             clean, corrupt = _scores(record)
             minutes = f"{record['train_time_s'] / 60:.0f} min training" if record.get("train_time_s") else "–"
