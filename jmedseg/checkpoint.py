@@ -141,7 +141,7 @@ def load_checkpoint(path):
     try:
         model = create_model(spec["name"], **spec.get("args", {}))
         if spec.get("stn"):
-            model = wrap_with_stn(model)
+            model = wrap_with_stn(model, identity_tolerance=spec.get("stn_tolerance", 0.0))
     except (ModelZooError, TypeError) as err:
         raise CheckpointError(f"{path}: metadata describes a model that cannot be built: {err}") from None
     load_model_state(model, arrays, source=str(path))

@@ -181,6 +181,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "train.nan_retries": _in_range(0),
     "train.nan_lr_factor": _in_range(0, 1, lo_open=True, hi_open=True),
     "train.stn_penalty": _in_range(0),
+    "model.stn_tolerance": _in_range(0),
     "train.ema_decay": _in_range(0, 1, hi_open=True),
     "eval.threshold": _in_range(0, 1),
     "eval.tile_size": _in_range(32),

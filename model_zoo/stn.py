@@ -10,7 +10,8 @@ Conventions:
 * θ acts on the normalised coordinates of ``affine_grid``/``grid_sample`` (``align_corners=False``:
   -1 and +1 are the outer edges of the border pixels, x to the right, y down): output pixel ``p``
   of the resampled image takes the input value at ``θ · [p, 1]``. Jittor's ``affine_grid`` and
-  ``grid_sample`` follow PyTorch here, so the identity θ reproduces the input exactly.
+  ``grid_sample`` follow PyTorch here, so the identity θ reproduces the input up to the float
+  rounding of the sampling coordinates (a few 1e-5 on a standardised image).
 * The image is resampled with zero padding: zero is the mean of a standardised image.
 * The logits are resampled back with zero padding too: input pixels that the transformed view did
   not cover get logit 0 for every class, i.e. uniform probabilities (0.5 for a single sigmoid
@@ -20,6 +21,15 @@ Conventions:
   regions the segmenter never saw.
 * The final layer of the localisation net starts at weights 0 and bias ``[1, 0, 0, 0, 1, 0]``, so an
   untrained wrapper computes exactly what the wrapped model computes.
+* ``identity_tolerance`` (default 0: off) snaps near-identity transforms to the identity: a θ that
+  moves no corner of the image by more than the tolerance (in normalised coordinates) is applied
+  as the identity, and a larger one is pulled toward the identity by that much, so the applied
+  transform is continuous in θ. Why: a bilinear resampling at a sub-pixel offset blurs structures
+  one or two pixels wide, and the STN resamples twice; where the localisation net learns nothing
+  (on DRIVE it settles on one constant within a fraction of a pixel of the identity for every
+  image) that constant costs Dice for nothing. The localisation net still gets the gradient of
+  the θ it predicted (a straight-through estimate), so it can leave the dead zone when the task
+  pays for it.
 """
 from .backend import jt
 from .base import InputSizeError, SegmentationModel
@@ -27,7 +37,7 @@ from .registry import ModelZooError
 
 nn = jt.nn
 
-__all__ = ["STNSegmenter", "wrap_with_stn", "invert_affine", "IDENTITY_AFFINE"]
+__all__ = ["STNSegmenter", "wrap_with_stn", "invert_affine", "snap_to_identity", "IDENTITY_AFFINE"]
 
 IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 """The identity θ, flattened row by row."""
@@ -75,6 +85,23 @@ class _Localisation(nn.Module):
         return self.theta(self.fc(features.reshape(features.shape[0], -1)))
 
 
+def snap_to_identity(theta, tolerance):
+    """``N x 2 x 3`` transforms pulled toward the identity by ``tolerance`` (see the module docstring).
+
+    The distance of θ from the identity is the largest displacement, in normalised coordinates,
+    of the image's four corners (an affine map moves no pixel further than its farthest corner).
+    θ at distance ``d`` is applied as ``I + (θ - I) · max(0, 1 - tolerance / d)``. Gradients pass
+    to ``theta`` as if it were applied unchanged.
+    """
+    identity = jt.array(IDENTITY_AFFINE, dtype="float32").reshape(1, 2, 3)
+    delta = (theta - identity).detach()
+    corners = [delta[:, :, 0] * x + delta[:, :, 1] * y + delta[:, :, 2] for x in (-1, 1) for y in (-1, 1)]
+    distance = jt.stack([(c ** 2).sum(dim=1).sqrt() for c in corners], dim=1).max(dim=1)
+    keep = (1.0 - tolerance / jt.maximum(distance, 1e-12)).maximum(0.0)
+    applied = identity + delta * keep.reshape(-1, 1, 1)
+    return applied + (theta - theta.detach())
+
+
 class STNSegmenter(SegmentationModel):
     """Wrap a segmentation model with a learned affine spatial transformer; see the module docstring.
 
@@ -85,6 +112,8 @@ class STNSegmenter(SegmentationModel):
             localisation net sees (default 64).
         localisation_channels: widths of its conv-pool stages (default ``(8, 16, 32)``).
         hidden: width of its hidden fully connected layer (default 32).
+        identity_tolerance: transforms this close to the identity are applied as the identity
+            (:func:`snap_to_identity`; default 0: every transform is applied as predicted).
 
     Returns logits ``N x num_classes x H x W`` in the input frame, like the wrapped model (a list of
     such maps in training mode when the wrapped model has deep supervision).
@@ -96,20 +125,26 @@ class STNSegmenter(SegmentationModel):
         [1, 2, 72, 88]
     """
 
-    def __init__(self, model, in_channels, localisation_size=64, localisation_channels=(8, 16, 32), hidden=32):
+    def __init__(self, model, in_channels, localisation_size=64, localisation_channels=(8, 16, 32), hidden=32,
+                 identity_tolerance=0.0):
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ModelZooError(f"STNSegmenter: in_channels must be a positive integer, got {in_channels!r}")
         if isinstance(localisation_size, bool) or not isinstance(localisation_size, int) or localisation_size < 1:
             raise ModelZooError(f"STNSegmenter: localisation_size must be a positive integer, "
                                 f"got {localisation_size!r}")
+        if (isinstance(identity_tolerance, bool) or not isinstance(identity_tolerance, (int, float))
+                or not identity_tolerance >= 0):
+            raise ModelZooError(f"STNSegmenter: identity_tolerance must be a number >= 0, got {identity_tolerance!r}")
         self.model = model
+        self.identity_tolerance = float(identity_tolerance)
         self.localisation_size = localisation_size
         self.localisation = _Localisation(in_channels, localisation_size, tuple(localisation_channels), hidden)
         self.size_divisor = model.size_divisor
         self.min_input_size = model.min_input_size
         self.stn_args = dict(in_channels=in_channels, localisation_size=localisation_size,
-                             localisation_channels=list(localisation_channels), hidden=hidden)
+                             localisation_channels=list(localisation_channels), hidden=hidden,
+                             identity_tolerance=self.identity_tolerance)
         # Checkpoint metadata describes the wrapped model; stn_args describes the wrapper.
         if hasattr(model, "model_name"):
             self.model_name = model.model_name
@@ -132,6 +167,8 @@ class STNSegmenter(SegmentationModel):
         n, c, h, w = x.shape
         theta = self.predict_theta(x)
         self._theta = theta
+        if self.identity_tolerance:
+            theta = snap_to_identity(theta, self.identity_tolerance)
         grid = nn.affine_grid(theta, (n, c, h, w), align_corners=False)
         warped = nn.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out = self.model(warped)
@@ -145,7 +182,8 @@ class STNSegmenter(SegmentationModel):
         return to_input_frame(out)
 
     def stn_penalty(self):
-        """Mean over the batch of ``||θ - I||²`` (squared Frobenius norm) for the last forward pass.
+        """Mean over the batch of ``||θ - I||²`` (squared Frobenius norm) for the last forward pass, of
+        the θ the localisation net predicted (before :func:`snap_to_identity`).
 
         Add ``weight * model.stn_penalty()`` to the loss to keep the transforms near the identity.
         Returns 0 before the first forward pass.

@@ -56,6 +56,7 @@ def test_sas_pretrains_loads_the_encoder_and_trains_with_stn_and_augmentation(sa
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     preset = yaml.safe_load((REPO_ROOT / "configs" / "augment" / "sas.yaml").read_text())["data"]["augment"]
     assert cfg["model"]["stn"] is True and cfg["train"]["stn_penalty"] == train_tool().STN_PENALTY
+    assert cfg["model"]["stn_tolerance"] == train_tool().STN_TOLERANCE
     drift = [float(row.split(",")[-1]) for row in (work / "log.csv").read_text().splitlines()[1:]]
     assert (work / "log.csv").read_text().splitlines()[0].endswith(",stn_theta_dist") and drift
     assert all(0.0 <= d < 1.0 for d in drift)
@@ -125,15 +126,19 @@ def test_test_tool_without_stn_scores_the_segmenter_on_the_unwarped_image(sas_ru
     assert f"error: {plain}: --without-stn: this checkpoint's model has no STN" in proc.stderr
 
 
-def test_stn_flags_set_the_penalty_unless_set_gives_one():
+def test_stn_flags_set_the_penalty_and_tolerance_unless_set_gives_them():
     tool = train_tool()
-    default = f"train.stn_penalty={tool.STN_PENALTY}"
     for flags in ({"stn": True}, {"sas": True}):
         cfg = load_config(overrides=tool.flag_overrides(["train.lr=0.01"], **flags))
-        assert cfg.train.stn_penalty == tool.STN_PENALTY and cfg.model.stn and cfg.train.lr == 0.01
-        cfg = load_config(overrides=tool.flag_overrides(["train.stn_penalty=0", "model.stn=false"], **flags))
-        assert cfg.train.stn_penalty == 0.0 and cfg.model.stn  # --set gives the weight; the flag turns the STN on
-    assert default not in tool.flag_overrides([], aug="sas") + tool.flag_overrides([], ssl="encoder.npz")
+        assert cfg.train.stn_penalty == tool.STN_PENALTY and cfg.model.stn_tolerance == tool.STN_TOLERANCE
+        assert cfg.model.stn and cfg.train.lr == 0.01
+        cfg = load_config(overrides=tool.flag_overrides(
+            ["train.stn_penalty=0", "model.stn_tolerance=0", "model.stn=false"], **flags))
+        # --set gives the weight and the tolerance; the flag turns the STN on
+        assert cfg.train.stn_penalty == 0.0 and cfg.model.stn_tolerance == 0.0 and cfg.model.stn
+    for cfg in (load_config(overrides=tool.flag_overrides([], aug="sas")),
+                load_config(overrides=tool.flag_overrides([], ssl="encoder.npz"))):
+        assert (cfg.train.stn_penalty, cfg.model.stn_tolerance) == (0.0, 0.0)
 
 
 # -- every registered network ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from jmedseg.config import load_config
 from jmedseg.engine import Trainer
 from model_zoo import create_model
 from model_zoo.backend import jt
-from model_zoo.stn import STNSegmenter, invert_affine, wrap_with_stn
+from model_zoo.stn import STNSegmenter, invert_affine, snap_to_identity, wrap_with_stn
 
 nn = jt.nn
 
@@ -144,6 +144,50 @@ def test_gradients_reach_the_localisation_network():
     assert np.abs(g_conv).max() > 0
 
 
+def test_transforms_within_the_tolerance_are_applied_as_the_identity():
+    # Corner displacement of this θ: |0.001 * ±1| + |0.0005| in x, |0.0008| in y: at most 0.0017.
+    near = [[1.001, 0.0, 0.0005], [0.0, 1.0, 0.0008]]
+    x = np.random.default_rng(4).standard_normal((2, 3, 72, 88)).astype(np.float32)
+    snapped = STNSegmenter(PassThrough(), in_channels=3, localisation_size=32, identity_tolerance=0.002)
+    set_theta(snapped, near)
+    # The identity grid reproduces the input up to the rounding of its sampling coordinates.
+    np.testing.assert_allclose(snapped(jt.array(x)).numpy(), x, atol=1e-4)
+    np.testing.assert_allclose(snapped.model.seen.numpy(), x, atol=1e-4)
+    assert snapped.stn_penalty().item() == pytest.approx(0.001 ** 2 + 0.0005 ** 2 + 0.0008 ** 2, rel=1e-4)
+    # Without the tolerance the same θ resamples twice at a sub-pixel offset: not the input.
+    plain = STNSegmenter(PassThrough(), in_channels=3, localisation_size=32)
+    set_theta(plain, near)
+    assert np.abs(plain(jt.array(x)).numpy() - x).max() > 1e-2
+
+
+def test_transforms_beyond_the_tolerance_are_pulled_toward_the_identity_by_it():
+    identity = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    # Translations of 0.3 and 0.004 (distance = the translation's length), and a scale by 1.1,
+    # which moves the corners by 0.1 * sqrt(2).
+    theta = identity + np.array([[[0, 0, 0.18], [0, 0, 0.24]], [[0, 0, 0.004], [0, 0, 0]],
+                                 [[0.1, 0, 0], [0, 0.1, 0]]], np.float32)
+    applied = snap_to_identity(jt.array(theta), 0.01).numpy()
+    np.testing.assert_allclose(applied[0] - identity, (theta[0] - identity) * (1 - 0.01 / 0.3), atol=1e-6)
+    np.testing.assert_array_equal(applied[1], identity)
+    np.testing.assert_allclose(applied[2] - identity, (theta[2] - identity) * (1 - 0.01 / (0.1 * math.sqrt(2))),
+                               atol=1e-6)
+
+
+def test_gradients_pass_through_the_tolerance_to_the_predicted_transform():
+    # Inside the tolerance the image is not resampled, yet the localisation net learns from the
+    # gradient of the θ it predicted, so it can leave the dead zone when the loss pays for it.
+    x = jt.array(smooth_image())
+    snapped = STNSegmenter(PassThrough(), in_channels=3, localisation_size=32, identity_tolerance=0.01)
+    plain = STNSegmenter(PassThrough(), in_channels=3, localisation_size=32)
+    grads = []
+    for stn in (snapped, plain):
+        set_theta(stn, [[1, 0, 0], [0, 1, 0]])
+        loss = (stn(x) * jt.array(np.linspace(-1, 1, 88, dtype=np.float32))).mean()
+        grads.append(jt.grad(loss, stn.localisation.theta.bias).numpy())
+    assert np.abs(grads[1]).max() > 0
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5)
+
+
 def test_bad_arguments():
     from model_zoo import ModelZooError
 
@@ -151,6 +195,8 @@ def test_bad_arguments():
         STNSegmenter(PassThrough(), in_channels=3, localisation_size=4)
     with pytest.raises(ModelZooError, match="in_channels"):
         wrap_with_stn(PassThrough())
+    with pytest.raises(ModelZooError, match="identity_tolerance must be a number >= 0, got -0.1"):
+        STNSegmenter(PassThrough(), in_channels=3, identity_tolerance=-0.1)
 
 
 def test_training_adds_the_weighted_penalty_and_logs_the_drift(tmp_path):
@@ -169,3 +215,16 @@ def test_training_adds_the_weighted_penalty_and_logs_the_drift(tmp_path):
         assert first[weight]["stn_theta_dist"] == pytest.approx(math.sqrt(distance_sq), rel=1e-5)
     # Same seed, weights and batch: the losses differ by exactly the penalty term.
     assert first[10.0]["loss"] - first[0.0]["loss"] == pytest.approx(10.0 * distance_sq, rel=1e-4)
+
+
+def test_training_applies_the_configured_tolerance_and_checkpoints_rebuild_it(tmp_path):
+    from jmedseg.checkpoint import load_checkpoint
+
+    cfg = load_config(overrides=[
+        "model.stn=true", "model.stn_tolerance=0.05", "model.args={base_channels: 4, depth: 2}",
+        "data.patch_size=64", "train.batch_size=2", "train.iterations=1", "train.val_interval=100"])
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.model.identity_tolerance == 0.05
+    trainer.train()
+    model, meta = load_checkpoint(tmp_path / "run" / "last.npz")
+    assert meta["model"]["stn_tolerance"] == 0.05 and model.identity_tolerance == 0.05

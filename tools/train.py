@@ -81,14 +81,24 @@ STN_PENALTY = 100.0
 On DRIVE the transform learns no dependence on the image, only a constant drift that the task's
 small, consistent gradient on θ's bias drives: unpenalised a zoom-out (scale 1.2 after 8000 steps),
 at weight 10 a 0.55 px shift that blurs thin vessels through the two resamplings (−0.003 Dice).
-Weight 100 holds it near the identity at no cost (results/sas_findings.md).
+Weight 100 holds it near the identity, yet one constant of about 0.1 px still cost a seed
+0.002–0.004 Dice (results/sas_findings.md), hence also :data:`STN_TOLERANCE`.
+"""
+
+STN_TOLERANCE = 0.004
+"""``model.stn_tolerance`` that ``--stn`` and ``--sas`` set unless ``--set`` gives one: transforms
+moving no image corner by more than 0.004 of the normalised coordinates (about one pixel of a
+500-pixel image) are applied as the identity, so a penalised STN that has learned nothing resamples
+nothing. The weight-100 penalty keeps DRIVE's constant transform at 0.0005 or less by the end of
+training.
 """
 
 
 def flag_overrides(sets=(), aug=None, stn=False, ssl=None, sas=False):
     """``sets`` (``--set`` overrides) with those that ``--aug [PIPELINE]``, ``--stn``, ``--ssl ENCODER``
-    and ``--sas`` stand for: the flags override ``sets``, except ``train.stn_penalty``, whose
-    :data:`STN_PENALTY` default a ``--set`` value replaces.
+    and ``--sas`` stand for: the flags override ``sets``, except ``train.stn_penalty`` and
+    ``model.stn_tolerance``, whose :data:`STN_PENALTY` and :data:`STN_TOLERANCE` defaults a ``--set``
+    value replaces.
 
     ``--sas`` without ``--ssl`` also sets ``model.ssl`` to the encoder :func:`cached_ssl_encoder` gives.
     """
@@ -96,7 +106,7 @@ def flag_overrides(sets=(), aug=None, stn=False, ssl=None, sas=False):
     if aug or sas:
         overrides.append(f"data.augment={aug or 'sas'}")
     if stn or sas:
-        defaults.append(f"train.stn_penalty={STN_PENALTY}")
+        defaults += [f"train.stn_penalty={STN_PENALTY}", f"model.stn_tolerance={STN_TOLERANCE}"]
         overrides.append("model.stn=true")
     if ssl:
         overrides.append(f"model.ssl={Path(ssl).resolve()}")

@@ -94,10 +94,11 @@ class Trainer:
             val_fraction=d.val_fraction, val_seed=d.val_seed, num_classes=self.num_classes,
             in_channels=m.in_channels, preprocess=d.preprocess)
         self.model = create_model(m.name, in_channels=m.in_channels, num_classes=m.num_classes, **dict(m.args))
-        self.model_spec = {"name": m.name, "args": dict(self.model.model_args), "stn": bool(m.stn)}
+        self.model_spec = {"name": m.name, "args": dict(self.model.model_args), "stn": bool(m.stn),
+                           "stn_tolerance": float(m.stn_tolerance)}
         self.ssl_tensors = load_encoder_weights(self.model, m.ssl) if m.ssl else 0
         if m.stn:
-            self.model = wrap_with_stn(self.model)
+            self.model = wrap_with_stn(self.model, identity_tolerance=m.stn_tolerance)
         dist.local_batch_size(t.batch_size, "train.batch_size")
         # Jittor computes initial weights lazily, drawing from whatever seed is current at the first
         # forward pass; materialise them now, from the run's seed, before the per-step reseeding.
