@@ -45,6 +45,11 @@ IDENTITY_AFFINE = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _MIN_DET = 1e-6
 
 
+def _identity_theta():
+    """The identity θ as a ``1 x 2 x 3`` Var, broadcast against a batch of transforms."""
+    return jt.array(IDENTITY_AFFINE, dtype="float32").reshape(1, 2, 3)
+
+
 def invert_affine(theta):
     """Inverse of ``N x 2 x 3`` affine transforms (the top rows of the inverted 3 x 3 homogeneous matrices).
 
@@ -93,7 +98,7 @@ def snap_to_identity(theta, tolerance):
     θ at distance ``d`` is applied as ``I + (θ - I) · max(0, 1 - tolerance / d)``. Gradients pass
     to ``theta`` as if it were applied unchanged.
     """
-    identity = jt.array(IDENTITY_AFFINE, dtype="float32").reshape(1, 2, 3)
+    identity = _identity_theta()
     delta = (theta - identity).detach()
     corners = [delta[:, :, 0] * x + delta[:, :, 1] * y + delta[:, :, 2] for x in (-1, 1) for y in (-1, 1)]
     distance = jt.stack([(c ** 2).sum(dim=1).sqrt() for c in corners], dim=1).max(dim=1)
@@ -190,8 +195,7 @@ class STNSegmenter(SegmentationModel):
         """
         if self._theta is None:
             return jt.zeros((1,), dtype="float32").sum()
-        identity = jt.array(IDENTITY_AFFINE, dtype="float32").reshape(1, 2, 3)
-        return ((self._theta - identity) ** 2).sum(dims=(1, 2)).mean()
+        return ((self._theta - _identity_theta()) ** 2).sum(dims=(1, 2)).mean()
 
 
 def wrap_with_stn(model, in_channels=None, **kwargs):
