@@ -163,14 +163,18 @@ def test_an_unreadable_record_is_a_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_the_committed_table_is_what_the_committed_records_give(tmp_path):
-    """results/sas_ablation.md holds only numbers its records produce under today's protocol."""
-    committed = REPO_ROOT / "results" / "sas_ablation.md"
+@pytest.mark.parametrize("table, sets, variant", [
+    ("sas_ablation.md", ["eval.distances=false"], "baseline"),
+    ("sas_ablation_tolerance_0.02.md", ["eval.distances=false", "model.stn_tolerance=0.02"], "sas"),
+])
+def test_the_committed_table_is_what_the_committed_records_give(tmp_path, table, sets, variant):
+    """A committed ablation table holds only numbers its records produce under today's protocol."""
+    committed = REPO_ROOT / "results" / table
     data = tmp_path / "DRIVE"  # records keep only the dataset folder's name
     data.mkdir()
-    out = tmp_path / "sas_ablation.md"
-    proc = ablation("--data", data, "--set", "eval.distances=false", "--severities", "2,4", "--seeds", "0",
-                    "--variants", "baseline", "--records", committed.with_name("sas_ablation_runs"), "--out", out,
+    out = tmp_path / table
+    proc = ablation("--data", data, "--set", *sets, "--severities", "2,4", "--seeds", "0",
+                    "--variants", variant, "--records", committed.with_name(committed.stem + "_runs"), "--out", out,
                     "--work-dir", tmp_path / "runs", cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not list((tmp_path / "runs").iterdir())  # every record matched: nothing was trained
